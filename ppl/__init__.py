@@ -1,0 +1,1 @@
+"""ppl: a probabilistic programming language for steering language models."""

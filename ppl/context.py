@@ -1,0 +1,251 @@
+"""Language-model contexts, tokens and next-token distributions.
+
+A `Context` is an immutable value: a prompt plus the tokens appended after it. `ctx + token`
+makes a new context and leaves `ctx` as it was, so particles can share contexts freely when they
+fork. Behind the value, a context remembers the backend state (KV cache) of its longest fed
+prefix; the backend extends that state by the pending tokens the first time the context's
+next-token distribution is needed, so no token is ever fed twice.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ppl.models.base import LanguageModel
+
+
+class Token:
+    """One token: its `id`, its `bytes`, its `text` and whether it ends the sequence."""
+
+    __slots__ = ("id", "bytes", "is_eos")
+
+    def __init__(self, id: int, bytes: bytes, is_eos: bool) -> None:
+        self.id = id
+        self.bytes = bytes
+        self.is_eos = is_eos
+
+    @property
+    def text(self) -> str:
+        """The token's text; a token holding part of a multi-byte character shows U+FFFD."""
+        return self.bytes.decode("utf-8", errors="replace")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Token):
+            return self.id == other.id
+        if isinstance(other, (int, np.integer)) and not isinstance(other, bool):
+            return self.id == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __int__(self) -> int:
+        return self.id
+
+    __index__ = __int__
+
+    def __repr__(self) -> str:
+        return f"Token({self.id}, {self.text!r}{', eos' if self.is_eos else ''})"
+
+    def __deepcopy__(self, memo: dict) -> Token:
+        return self
+
+
+class _Chain:
+    """A persistent list of token ids (newest first), shared by every context extending it."""
+
+    __slots__ = ("prev", "ids", "length")
+
+    def __init__(self, prev: _Chain | None, ids: tuple[int, ...]) -> None:
+        self.prev = prev
+        self.ids = ids
+        self.length = len(ids) + (prev.length if prev is not None else 0)
+
+    def to_list(self) -> list[int]:
+        parts = []
+        node: _Chain | None = self
+        while node is not None:
+            parts.append(node.ids)
+            node = node.prev
+        return [t for part in reversed(parts) for t in part]
+
+
+def _decode_complete(data: bytes) -> str:
+    """UTF-8 text of `data`, holding back a trailing incomplete multi-byte character."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
+
+
+class Context:
+    """An immutable language-model context: a prompt and the tokens generated after it.
+
+    * `ctx + token` (a `Token`, a token id, or a string, which is encoded) is a new context.
+    * `ctx.text` and `ctx.tokens` hold what was added after the prompt; `ctx.prompt` and
+      `ctx.prompt_tokens` the prompt.
+    * `ctx.next_token()` is the model's distribution over the next token, to `sample` from.
+    """
+
+    __slots__ = (
+        "_lm",
+        "_prompt",
+        "_prompt_ids",
+        "_chain",
+        "_bytes",
+        "_text",
+        "_base",
+        "_pending",
+        "_logprobs",
+        "__weakref__",
+    )
+
+    _lm: LanguageModel
+    _prompt: str
+    _prompt_ids: tuple[int, ...]
+    _chain: _Chain | None
+    _bytes: bytes
+    _text: str | None
+    _base: Any  # backend state of the fed prefix, None while nothing is fed
+    _pending: tuple[int, ...]  # ids after `_base` not yet fed
+    _logprobs: torch.Tensor | None  # next-token log-probabilities once fed
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("contexts are made by lm.context(prompt)")
+
+    @classmethod
+    def _root(cls, lm: LanguageModel, prompt: str, ids: tuple[int, ...]) -> Context:
+        ctx = object.__new__(cls)
+        ctx._lm = lm
+        ctx._prompt = prompt
+        ctx._prompt_ids = ids
+        ctx._chain = None
+        ctx._bytes = b""
+        ctx._text = ""
+        ctx._base = None
+        ctx._pending = ids
+        ctx._logprobs = None
+        return ctx
+
+    def _set_fed(self, state: Any, logprobs: torch.Tensor) -> None:
+        self._base = state
+        self._pending = ()
+        self._logprobs = logprobs
+
+    # -- the value -------------------------------------------------------------------------------
+
+    def __add__(self, other: Token | int | str) -> Context:
+        lm = self._lm
+        if isinstance(other, Token):
+            ids: tuple[int, ...] = (other.id,)
+            added = other.bytes
+        elif isinstance(other, (int, np.integer)) and not isinstance(other, bool):
+            tok = lm.token(int(other))
+            ids, added = (tok.id,), tok.bytes
+        elif isinstance(other, str):
+            ids = tuple(lm.encode(other, add_special_tokens=False))
+            added = b"".join(lm.token_bytes[i] for i in ids)
+        else:
+            raise TypeError(f"can only add a Token, a token id or a str to a Context, not {type(other).__name__}")
+        new = object.__new__(Context)
+        new._lm = lm
+        new._prompt = self._prompt
+        new._prompt_ids = self._prompt_ids
+        new._chain = _Chain(self._chain, ids)
+        new._bytes = self._bytes + added
+        new._text = None
+        new._base = self._base
+        new._pending = self._pending + ids
+        new._logprobs = None
+        return new
+
+    @property
+    def lm(self) -> LanguageModel:
+        return self._lm
+
+    @property
+    def text(self) -> str:
+        """Text added after the prompt, decoded from the bytes of all its tokens together."""
+        if self._text is None:
+            self._text = _decode_complete(self._bytes)
+        return self._text
+
+    @property
+    def bytes(self) -> bytes:
+        return self._bytes
+
+    @property
+    def tokens(self) -> list[int]:
+        """Ids of the tokens added after the prompt."""
+        return self._chain.to_list() if self._chain is not None else []
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return list(self._prompt_ids)
+
+    def __len__(self) -> int:
+        """Number of tokens added after the prompt."""
+        return self._chain.length if self._chain is not None else 0
+
+    def next_token(self) -> NextToken:
+        """The model's distribution over the token that follows this context."""
+        return NextToken(self)
+
+    def logprobs(self) -> torch.Tensor:
+        """Next-token log-probabilities (computes them now if they are not known yet)."""
+        if self._logprobs is None:
+            self._lm.compute_logprobs([self])
+        assert self._logprobs is not None
+        return self._logprobs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Context):
+            return NotImplemented
+        return (
+            self._lm is other._lm
+            and self._prompt_ids == other._prompt_ids
+            and self.tokens == other.tokens
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self._lm), self._prompt_ids, tuple(self.tokens)))
+
+    def __deepcopy__(self, memo: dict) -> Context:
+        return self  # immutable: forked particles share it, and with it the KV cache
+
+    def __repr__(self) -> str:
+        shown = self.text if len(self.text) <= 60 else "..." + self.text[-57:]
+        return f"Context(prompt={self._prompt[-30:]!r}, text={shown!r})"
+
+
+class NextToken:
+    """The distribution of the token following `context` under its language model.
+
+    Sampling it inside a program is where particles meet: the scheduler gathers the
+    `NextToken` choices of all particles at a step and makes one batched model call.
+    """
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def log_prob(self, value: Token | int) -> float:
+        return float(self.context.logprobs()[int(value)])
+
+    def sample(self, rng: np.random.Generator) -> Token:
+        probs = self.context.logprobs().double().exp().numpy()
+        token_id = int(rng.choice(len(probs), p=probs / probs.sum()))
+        return self.context.lm.token(token_id)
+
+    def __deepcopy__(self, memo: dict) -> NextToken:
+        return self
+
+    def __repr__(self) -> str:
+        return f"NextToken({self.context!r})"

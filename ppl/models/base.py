@@ -1,0 +1,149 @@
+"""The `LanguageModel` protocol every backend implements.
+
+A backend is small on purpose. It knows
+
+* its vocabulary as one byte string per token id (`token_bytes`) and its EOS ids,
+* how to turn text into token ids (`encode`),
+* one batched call, `_extend(parents, new_tokens)`: for each sequence, feed `new_tokens[i]`
+  after the processed sequence `parents[i]` (an opaque state the backend returned earlier, or
+  `None` for the empty sequence) and return the new states with the log-probabilities of the
+  next token, one row per sequence.
+
+Everything else (contexts, deduplication, counting, sampling) is shared and lives here and in
+`ppl.context`. States form a tree: a state is extended by several children when particles fork,
+so a backend that keeps a KV cache per state feeds every token exactly once. A vLLM or remote
+backend maps states to sequence ids with prefix caching; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ppl.context import Context, Token
+
+
+class LanguageModel(ABC):
+    """A causal language model that ppl programs can condition on and sample from.
+
+    Counters (reset with `reset_counters`):
+
+    * `tokens_fed`: tokens given to the model. A run that never re-encodes feeds each distinct
+      prompt once plus each generated token once.
+    * `forward_calls`: batched calls made.
+    """
+
+    #: byte string of every token id; `len(token_bytes)` is the vocabulary size
+    token_bytes: Sequence[bytes]
+    #: ids that end a sequence
+    eos_token_ids: frozenset[int]
+
+    def __init__(self) -> None:
+        self.tokens_fed = 0
+        self.forward_calls = 0
+        # prompt -> root context, alive while some particle holds it
+        self._roots: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._token_cache: dict[int, Token] = {}
+
+    # -- what a backend provides ---------------------------------------------------------------
+
+    @abstractmethod
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens`, the BOS token the model expects."""
+
+    @abstractmethod
+    def _extend(
+        self, parents: list[Any], new_tokens: list[list[int]]
+    ) -> tuple[list[Any], torch.Tensor]:
+        """Feed `new_tokens[i]` after state `parents[i]` (None: the empty sequence).
+
+        Returns the new states and a float tensor of shape `[len(parents), vocab_size]` holding
+        normalised next-token log-probabilities (on the CPU).
+        """
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_bytes)
+
+    def token(self, token_id: int) -> Token:
+        """The `Token` value for an id (one shared object per id)."""
+        tok = self._token_cache.get(token_id)
+        if tok is None:
+            token_id = int(token_id)
+            if not 0 <= token_id < self.vocab_size:
+                raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+            tok = Token(token_id, self.token_bytes[token_id], token_id in self.eos_token_ids)
+            self._token_cache[token_id] = tok
+        return tok
+
+    def context(self, prompt: str = "", *, add_special_tokens: bool = True) -> Context:
+        """An immutable context holding `prompt`.
+
+        Every call with the same prompt returns the same object, so particles that each build
+        the context share one prompt encoding: the prompt is fed to the model once per run.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"lm.context() takes the prompt as a str, got {type(prompt).__name__}")
+        key = (prompt, add_special_tokens)
+        root = self._roots.get(key)
+        if root is None:
+            ids = tuple(self.encode(prompt, add_special_tokens=add_special_tokens))
+            root = Context._root(self, prompt, ids)
+            self._roots[key] = root
+        return root
+
+    def chat(self, messages: str | list[dict[str, str]], *, system: str | None = None) -> str:
+        """A prompt string in the model's chat format, ending where the assistant's reply starts.
+
+        `messages` is a user message or a list of `{"role": ..., "content": ...}` dicts.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no chat template")
+
+    def extend(self, parents: list[Any], new_tokens: list[list[int]]) -> tuple[list[Any], torch.Tensor]:
+        """`_extend` with the counters kept."""
+        if not parents:
+            return [], torch.empty(0, self.vocab_size)
+        self.forward_calls += 1
+        self.tokens_fed += sum(len(t) for t in new_tokens)
+        return self._extend(parents, new_tokens)
+
+    def compute_logprobs(self, contexts: Sequence[Context]) -> None:
+        """Make sure every context knows its next-token log-probabilities: one batched call.
+
+        Contexts that are the same object are fed once; contexts already fed cost nothing.
+        """
+        todo: list[Context] = []
+        seen: set[int] = set()
+        for ctx in contexts:
+            if ctx._logprobs is None and id(ctx) not in seen:
+                if ctx._lm is not self:
+                    raise ValueError("a context of another language model was passed to this one")
+                seen.add(id(ctx))
+                todo.append(ctx)
+        if not todo:
+            return
+        for ctx in todo:
+            if not ctx._pending and ctx._base is None:
+                raise ValueError(
+                    "cannot compute next-token probabilities of an empty context: "
+                    "give lm.context() a prompt, or a model that adds a BOS token"
+                )
+        states, logprobs = self.extend([c._base for c in todo], [list(c._pending) for c in todo])
+        for ctx, state, row in zip(todo, states, logprobs):
+            ctx._set_fed(state, row)
+
+    def reset_counters(self) -> None:
+        self.tokens_fed = 0
+        self.forward_calls = 0
+
+    def __deepcopy__(self, memo: dict) -> LanguageModel:
+        return self  # models are shared, never copied, when a particle forks
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
