@@ -85,7 +85,7 @@ class Context:
 
     * `ctx + token` (a `Token`, a token id, or a string, which is encoded) is a new context.
     * `ctx.text` and `ctx.tokens` hold what was added after the prompt; `ctx.prompt` and
-      `ctx.prompt_tokens` the prompt.
+      `ctx.prompt_tokens` the prompt. An EOS token is in `tokens` but adds no text.
     * `ctx.next_token()` is the model's distribution over the next token, to `sample` from.
     """
 
@@ -138,17 +138,18 @@ class Context:
 
     def __add__(self, other: Token | int | str) -> Context:
         lm = self._lm
+        if isinstance(other, (int, np.integer)) and not isinstance(other, bool):
+            other = lm.token(int(other))
         if isinstance(other, Token):
             ids: tuple[int, ...] = (other.id,)
-            added = other.bytes
-        elif isinstance(other, (int, np.integer)) and not isinstance(other, bool):
-            tok = lm.token(int(other))
-            ids, added = (tok.id,), tok.bytes
+            added = b"" if other.is_eos else other.bytes  # EOS ends the text, adds none
         elif isinstance(other, str):
             ids = tuple(lm.encode(other, add_special_tokens=False))
             added = b"".join(lm.token_bytes[i] for i in ids)
         else:
-            raise TypeError(f"can only add a Token, a token id or a str to a Context, not {type(other).__name__}")
+            raise TypeError(
+                f"can only add a Token, a token id or a str to a Context, not {type(other).__name__}"
+            )
         new = object.__new__(Context)
         new._lm = lm
         new._prompt = self._prompt

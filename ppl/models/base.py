@@ -77,7 +77,9 @@ class LanguageModel(ABC):
         if tok is None:
             token_id = int(token_id)
             if not 0 <= token_id < self.vocab_size:
-                raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+                raise ValueError(
+                    f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})"
+                )
             tok = Token(token_id, self.token_bytes[token_id], token_id in self.eos_token_ids)
             self._token_cache[token_id] = tok
         return tok
@@ -105,7 +107,9 @@ class LanguageModel(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no chat template")
 
-    def extend(self, parents: list[Any], new_tokens: list[list[int]]) -> tuple[list[Any], torch.Tensor]:
+    def extend(
+        self, parents: list[Any], new_tokens: list[list[int]]
+    ) -> tuple[list[Any], torch.Tensor]:
         """`_extend` with the counters kept."""
         if not parents:
             return [], torch.empty(0, self.vocab_size)

@@ -1,10 +1,10 @@
 """Language models built from a Python function: toy and enumerable models for tests and teaching.
 
-    >>> from ppl.models import FunctionLM
-    >>> lm = FunctionLM(["a", "b", "<eos>"], lambda prefix: [0.5, 0.3, 0.2], eos="<eos>")
-    >>> ctx = lm.context("ab")
-    >>> round(ctx.next_token().log_prob(lm.token(0)), 4)
-    -0.6931
+>>> from ppl.models import FunctionLM
+>>> lm = FunctionLM(["a", "b", "<eos>"], lambda prefix: [0.5, 0.3, 0.2], eos="<eos>")
+>>> ctx = lm.context("ab")
+>>> round(ctx.next_token().log_prob(lm.token(0)), 4)
+-0.6931
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ class FunctionLM(LanguageModel):
                     i = j
                     break
             else:
-                raise ValueError(f"FunctionLM: cannot encode {text!r}: no token matches at byte {i}")
+                raise ValueError(
+                    f"FunctionLM: cannot encode {text!r}: no token matches at byte {i}"
+                )
         return ids
 
     def next_token_logprobs(self, prefix: tuple[int, ...]) -> torch.Tensor:
@@ -97,13 +99,20 @@ class FunctionLM(LanguageModel):
             )
         if self._logits:
             return torch.log_softmax(row, 0).float()
-        if torch.isnan(row).any() or (row < 0).any() or not math.isfinite(float(row.sum())) or row.sum() <= 0:
+        if (
+            torch.isnan(row).any()
+            or (row < 0).any()
+            or not math.isfinite(float(row.sum()))
+            or row.sum() <= 0
+        ):
             raise ValueError(
                 f"FunctionLM: next_token must return non-negative weights with a positive finite "
                 f"sum, got {row.tolist()} after prefix {prefix}"
             )
         return (row / row.sum()).log().float()
 
-    def _extend(self, parents: list[Any], new_tokens: list[list[int]]) -> tuple[list[Any], torch.Tensor]:
+    def _extend(
+        self, parents: list[Any], new_tokens: list[list[int]]
+    ) -> tuple[list[Any], torch.Tensor]:
         states = [(parent or ()) + tuple(new) for parent, new in zip(parents, new_tokens)]
         return states, torch.stack([self.next_token_logprobs(s) for s in states])
