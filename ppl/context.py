@@ -148,7 +148,8 @@ class Context:
             added = b"".join(lm.token_bytes[i] for i in ids)
         else:
             raise TypeError(
-                f"can only add a Token, a token id or a str to a Context, not {type(other).__name__}"
+                "can only add a Token, a token id or a str to a Context, "
+                f"not {type(other).__name__}"
             )
         new = object.__new__(Context)
         new._lm = lm

@@ -74,7 +74,7 @@ def loops(xs):
     total = 0
     for x in xs:  # a list
         total += x * sample(ONE)
-    for k, v in sorted({"a": 1, "b": 2}.items()):  # tuple targets over a sequence
+    for k, v in sorted({"a": 1, "b": 2}.items()):  # tuple targets over a sequence  # noqa: B007
         total += v * sample(ONE)
     i = 0
     while i < 10:
@@ -86,7 +86,7 @@ def loops(xs):
         total += 100
     else:
         total = -1  # not reached: the loop breaks
-    for j in range(3):
+    for j in range(3):  # noqa: B007
         sample(ONE)
     else:
         total += 1000  # reached: no break

