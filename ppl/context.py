@@ -10,6 +10,7 @@ next-token distribution is needed, so no token is ever fed twice.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -240,6 +241,33 @@ class NextToken:
 
     def log_prob(self, value: Token | int) -> float:
         return float(self.context.logprobs()[int(value)])
+
+    # -- the scheduler's protocol: token distributions of other kinds (proposals, constraints)
+    # -- subclass NextToken and override these two
+
+    def _contexts(self) -> tuple[Context, ...]:
+        """The contexts whose next-token log-probabilities a draw needs.
+
+        The scheduler computes them for all particles of a step, one batched call per model,
+        before it calls `_draw_batch`.
+        """
+        return (self.context,)
+
+    @classmethod
+    def _draw_batch(
+        cls, dists: Sequence[NextToken], generator: torch.Generator
+    ) -> list[tuple[Token, float, float]]:
+        """One token for each distribution in `dists` (all of class `cls`, contexts computed).
+
+        Returns, per distribution, `(token, log p(token), log weight increment)`: the increment
+        is log p - log q when the token was drawn from a proposal q instead of p.
+        """
+        rows = torch.stack([d.context._logprobs for d in dists])
+        ids = torch.multinomial(rows.double().exp(), 1, generator=generator)[:, 0].tolist()
+        return [
+            (d.context.lm.token(i), float(row[i]), 0.0)
+            for d, row, i in zip(dists, rows, ids, strict=True)
+        ]
 
     def sample(self, rng: np.random.Generator) -> Token:
         probs = self.context.logprobs().double().exp().numpy()

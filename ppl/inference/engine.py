@@ -238,33 +238,36 @@ class Engine:
         waiting = [p for p in particles if p.pending is not None and p.log_weight > -math.inf]
         if not waiting:
             return 0
-        by_lm: dict[int, list[Particle]] = {}
+        # every context any pending choice needs, one batched call per language model
+        by_lm: dict[int, tuple[Any, list]] = {}
         for p in waiting:
-            by_lm.setdefault(id(p.pending[1].context.lm), []).append(p)
-        for group in by_lm.values():
-            lm = group[0].pending[1].context.lm
+            for ctx in p.pending[1]._contexts():
+                by_lm.setdefault(id(ctx.lm), (ctx.lm, []))[1].append(ctx)
+        for lm, contexts in by_lm.values():
             if id(lm) not in self._counters_at_start:
                 self.lms.append(lm)
                 self._counters_at_start[id(lm)] = (lm.forward_calls, lm.tokens_fed)
-            lm.compute_logprobs([p.pending[1].context for p in group])
-            draws = [p for p in group if p.pending[0] == "sample"]
-            if draws:
-                rows = torch.stack([p.pending[1].context._logprobs for p in draws])
-                ids = torch.multinomial(rows.double().exp(), 1, generator=self.torch_gen)[
-                    :, 0
-                ].tolist()
-                for p, row, token_id in zip(draws, rows, ids):
-                    _, dist, target, site, name, _ = p.pending
-                    token = lm.token(token_id)
-                    p.trace = _Trace(p.trace, Choice(site, name, token, float(row[token_id])))
-                    p.frames[-1].L[target] = token
-                    p.pending = None
-            for p in group:
-                if p.pending is not None:  # observe
-                    _, dist, target, site, name, value = p.pending
-                    p.pending = None
-                    p.frames[-1].L[target] = value
-                    self._reweight(p, float(dist.context._logprobs[int(value)]), site)
+            lm.compute_logprobs(contexts)
+        # draws, batched by kind of token distribution (plain, proposal, constrained, ...)
+        kinds: dict[Any, list[Particle]] = {}
+        for p in waiting:
+            if p.pending[0] == "sample":
+                kinds.setdefault(type(p.pending[1])._draw_batch, []).append(p)
+        for draw_batch, group in kinds.items():
+            drawn = draw_batch([p.pending[1] for p in group], self.torch_gen)
+            for p, (token, log_p, log_w) in zip(group, drawn, strict=True):
+                _, _, target, site, name, _ = p.pending
+                p.pending = None
+                p.trace = _Trace(p.trace, Choice(site, name, token, log_p))
+                p.frames[-1].L[target] = token
+                if log_w != 0.0:
+                    self._reweight(p, as_log_weight(log_w, f"sample() at {site}"), site)
+        for p in waiting:
+            if p.pending is not None:  # observe
+                _, dist, target, site, name, value = p.pending
+                p.pending = None
+                p.frames[-1].L[target] = value
+                self._reweight(p, as_log_weight(dist.log_prob(value), f"observe() at {site}"), site)
         self.steps += 1
         return len(waiting)
 
