@@ -120,27 +120,30 @@ class LanguageModel(ABC):
     def compute_logprobs(self, contexts: Sequence[Context]) -> None:
         """Make sure every context knows its next-token log-probabilities: one batched call.
 
-        Contexts that are the same object are fed once; contexts already fed cost nothing.
+        Contexts already fed cost nothing. Contexts that hold the same tokens after the same
+        fed state (the same object, or particles that drew the same token) are fed once.
         """
-        todo: list[Context] = []
-        seen: set[int] = set()
+        todo: dict[tuple[int, tuple[int, ...]], list[Context]] = {}
         for ctx in contexts:
-            if ctx._logprobs is None and id(ctx) not in seen:
+            if ctx._logprobs is None:
                 if ctx._lm is not self:
                     raise ValueError("a context of another language model was passed to this one")
-                seen.add(id(ctx))
-                todo.append(ctx)
+                if not ctx._pending and ctx._base is None:
+                    raise ValueError(
+                        "cannot compute next-token probabilities of an empty context: "
+                        "give lm.context() a prompt, or a model that adds a BOS token"
+                    )
+                todo.setdefault((id(ctx._base), ctx._pending), []).append(ctx)
         if not todo:
             return
-        for ctx in todo:
-            if not ctx._pending and ctx._base is None:
-                raise ValueError(
-                    "cannot compute next-token probabilities of an empty context: "
-                    "give lm.context() a prompt, or a model that adds a BOS token"
-                )
-        states, logprobs = self.extend([c._base for c in todo], [list(c._pending) for c in todo])
-        for ctx, state, row in zip(todo, states, logprobs):
-            ctx._set_fed(state, row)
+        groups = list(todo.values())
+        states, logprobs = self.extend(
+            [g[0]._base for g in groups], [list(g[0]._pending) for g in groups]
+        )
+        for group, state, row in zip(groups, states, logprobs):
+            for ctx in group:
+                if ctx._logprobs is None:  # the same object may appear more than once
+                    ctx._set_fed(state, row)
 
     def reset_counters(self) -> None:
         self.tokens_fed = 0

@@ -1,0 +1,138 @@
+"""SMC on the short-words task against HF `generate`, in one process, on the embedded model.
+
+For each number of particles N and number of tokens T, this times
+
+* ppl's SMC: N particles, each generating exactly T tokens, every finished word at most five
+  letters (a particle that breaks the rule or ends early gets weight zero and is resampled away);
+* transformers' `generate` sampling N sequences of exactly T new tokens from the same prompt
+  (ancestral sampling from the full distribution: no top-k, no top-p, temperature 1).
+
+and prints the ratio of their median times. Both make T forward passes over N rows; SMC adds
+the program, the constraint, resampling and KV-cache forking. It also checks that SMC never
+re-encodes: the tokens it feeds the model must equal the prompt (once, shared by all particles)
+plus one token per distinct generated prefix whose next-token distribution was needed.
+
+Run: `make bench`, or `python benchmarks/smc_vs_generate.py [--reps 3] [--device cpu]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import ppl
+from ppl import condition, program, sample
+
+
+def letters(word: str) -> int:
+    return sum(ch.isalpha() for ch in word)
+
+
+@program
+def short_words_fixed(lm, prompt: str, tokens: int):
+    """The short-words story, exactly `tokens` tokens long (no early end)."""
+    ctx = lm.context(prompt)
+    for _ in range(tokens):
+        tok = sample(ctx.next_token())
+        condition(not tok.is_eos)
+        ctx = ctx + tok
+        condition(all(letters(w) <= 5 for w in ctx.text.split()))
+    return ctx.text
+
+
+def run_smc(lm, prompt: str, n: int, t: int, seed: int) -> ppl.Posterior:
+    return ppl.smc(short_words_fixed, lm, prompt, t, particles=n, seed=seed, progress=False)
+
+
+def run_generate(lm, prompt_ids: list[int], n: int, t: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    ids = torch.tensor([prompt_ids] * n, device=lm.device)
+    with torch.inference_mode():
+        out = lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            max_new_tokens=t,
+            min_new_tokens=t,
+            pad_token_id=min(lm.eos_token_ids),
+        )
+    assert out.shape == (n, len(prompt_ids) + t), out.shape
+    return out
+
+
+def ideal_tokens_fed(lm, prompt: str, n: int, t: int, seed: int) -> tuple[int, int]:
+    """(tokens SMC fed, the ideal) for one run, the ideal counted independently of the backend.
+
+    The ideal feeds the prompt once and each distinct generated prefix whose next-token
+    distribution was asked for once (its last token). Any re-encoding would exceed it.
+    """
+    requested: set[tuple[int, ...]] = set()
+    original = lm.compute_logprobs
+
+    def counting(contexts):
+        for ctx in contexts:
+            if ctx._logprobs is None:
+                requested.add(tuple(ctx.tokens))
+        return original(contexts)
+
+    lm.compute_logprobs = counting
+    try:
+        post = run_smc(lm, prompt, n, t, seed)
+    finally:
+        del lm.compute_logprobs
+    prompt_len = len(lm.encode(prompt))
+    generated = sum(1 for seq in requested if seq)
+    return post.stats["tokens_fed"], prompt_len + generated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="SMC vs HF generate on the short-words task")
+    parser.add_argument("--particles", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[30, 60])
+    parser.add_argument("--reps", type=int, default=3, help="timed runs of each, interleaved")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())
+    lm = ppl.models.load(device=args.device)
+    prompt = lm.chat("Tell me a story.")
+    prompt_ids = lm.encode(prompt)
+    print(f"model {lm!r}, prompt {len(prompt_ids)} tokens, {torch.get_num_threads()} threads")
+
+    # warm up both paths (allocator, kernels)
+    run_smc(lm, prompt, 4, 4, seed=0)
+    run_generate(lm, prompt_ids, 4, 4, seed=0)
+
+    header = (
+        f"{'N':>3} {'T':>3}  {'SMC s':>7} {'generate s':>10} {'ratio':>6}  "
+        f"{'tokens fed':>10} {'ideal':>6}  {'final ESS':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in args.particles:
+        for t in args.tokens:
+            smc_times, gen_times = [], []
+            for rep in range(args.reps):
+                start = time.perf_counter()
+                post = run_smc(lm, prompt, n, t, seed=rep)
+                smc_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run_generate(lm, prompt_ids, n, t, seed=rep)
+                gen_times.append(time.perf_counter() - start)
+            fed, ideal = ideal_tokens_fed(lm, prompt, n, t, seed=0)
+            smc_s, gen_s = statistics.median(smc_times), statistics.median(gen_times)
+            print(
+                f"{n:>3} {t:>3}  {smc_s:>7.2f} {gen_s:>10.2f} {smc_s / gen_s:>6.2f}  "
+                f"{fed:>10} {ideal:>6}  {post.final_ess:>9.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

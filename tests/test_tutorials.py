@@ -1,0 +1,51 @@
+"""The tutorials run end to end on the embedded model, with small settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+
+
+def load_tutorial(name: str):
+    spec = importlib.util.spec_from_file_location(f"tutorial_{name}", TUTORIALS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_short_words(embedded_lm, capsys):
+    tutorial = load_tutorial("short_words")
+    requested: set[tuple[int, ...]] = set()
+    original = embedded_lm.compute_logprobs
+
+    def counting(contexts):
+        for ctx in contexts:
+            if ctx._logprobs is None:
+                requested.add(tuple(ctx.tokens))
+        return original(contexts)
+
+    embedded_lm.compute_logprobs = counting
+    try:
+        post = tutorial.main(particles=16, max_tokens=10, seed=0, lm=embedded_lm)
+    finally:
+        del embedded_lm.compute_logprobs
+    out = capsys.readouterr().out
+    assert "log evidence" in out and "ESS per step" in out
+
+    assert math.isfinite(post.log_evidence) and post.log_evidence <= 0
+    texts = [t for t, w in zip(post.values, post.weights) if w > 0]
+    assert texts
+    for text in texts:
+        assert all(tutorial.letters(w) <= 5 for w in text.split()), text
+        assert text in out or text[:40] in out  # the posterior is printed
+    # the model never re-encodes: the prompt once, then one token per distinct prefix whose
+    # next-token distribution some particle needed
+    prompt_len = len(embedded_lm.encode(embedded_lm.chat("Tell me a story.")))
+    assert post.stats["tokens_fed"] == prompt_len + sum(1 for seq in requested if seq)
+    assert post.stats["forward_calls"] == post.stats["steps"]
