@@ -66,8 +66,8 @@ def run_generate(lm, prompt_ids: list[int], n: int, t: int, seed: int) -> torch.
     return out
 
 
-def ideal_tokens_fed(lm, prompt: str, n: int, t: int, seed: int) -> tuple[int, int]:
-    """(tokens SMC fed, the ideal) for one run, the ideal counted independently of the backend.
+def ideal_tokens_fed(lm, prompt: str, n: int, t: int, seed: int) -> tuple[ppl.Posterior, int]:
+    """One SMC run and the ideal tokens fed for it, counted independently of the backend.
 
     The ideal feeds the prompt once and each distinct generated prefix whose next-token
     distribution was asked for once (its last token). Any re-encoding would exceed it.
@@ -88,7 +88,7 @@ def ideal_tokens_fed(lm, prompt: str, n: int, t: int, seed: int) -> tuple[int, i
         del lm.compute_logprobs
     prompt_len = len(lm.encode(prompt))
     generated = sum(1 for seq in requested if seq)
-    return post.stats["tokens_fed"], prompt_len + generated
+    return post, prompt_len + generated
 
 
 def main() -> None:
@@ -111,7 +111,7 @@ def main() -> None:
 
     header = (
         f"{'N':>3} {'T':>3}  {'SMC s':>7} {'generate s':>10} {'ratio':>6}  "
-        f"{'tokens fed':>10} {'ideal':>6}  {'final ESS':>9}"
+        f"{'SMC fed':>7} {'ideal':>6} {'generate fed':>12}  {'final ESS':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -120,16 +120,17 @@ def main() -> None:
             smc_times, gen_times = [], []
             for rep in range(args.reps):
                 start = time.perf_counter()
-                post = run_smc(lm, prompt, n, t, seed=rep)
+                run_smc(lm, prompt, n, t, seed=rep)
                 smc_times.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 run_generate(lm, prompt_ids, n, t, seed=rep)
                 gen_times.append(time.perf_counter() - start)
-            fed, ideal = ideal_tokens_fed(lm, prompt, n, t, seed=0)
+            post, ideal = ideal_tokens_fed(lm, prompt, n, t, seed=0)
             smc_s, gen_s = statistics.median(smc_times), statistics.median(gen_times)
+            gen_fed = n * len(prompt_ids) + n * (t - 1)  # every row reads the prompt
             print(
                 f"{n:>3} {t:>3}  {smc_s:>7.2f} {gen_s:>10.2f} {smc_s / gen_s:>6.2f}  "
-                f"{fed:>10} {ideal:>6}  {post.final_ess:>9.1f}",
+                f"{post.stats['tokens_fed']:>7} {ideal:>6} {gen_fed:>12}  {post.final_ess:>9.1f}",
                 flush=True,
             )
 
