@@ -19,11 +19,24 @@ def story(prompt):
 posterior = ppl.smc(story, "Once upon a time", particles=16, seed=0)
 """
 
-from ppl import distributions, models
+from ppl import distributions, handlers, models
 from ppl.compiler import CompileError, Program, program
 from ppl.context import Context, NextToken, Token
-from ppl.inference import InferenceWarning, Posterior, importance, smc
-from ppl.primitives import condition, factor, observe, sample
+from ppl.inference import (
+    InferenceWarning,
+    MHKernel,
+    Posterior,
+    Proposal,
+    importance,
+    mh,
+    pgibbs,
+    pimh,
+    smc,
+    smc_steer,
+)
+from ppl.inference.nuts import nuts
+from ppl.primitives import condition, factor, observe, sample, twist
+from ppl.trace import Choice, Trace
 
 __version__ = "0.1.0"
 
@@ -36,7 +49,18 @@ __all__ = [
     "factor",
     "condition",
     "smc",
+    "smc_steer",
+    "mh",
+    "pimh",
+    "pgibbs",
+    "MHKernel",
+    "Proposal",
+    "twist",
     "importance",
+    "nuts",
+    "Trace",
+    "Choice",
+    "handlers",
     "Posterior",
     "InferenceWarning",
     "Context",

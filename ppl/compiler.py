@@ -38,7 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ppl.primitives import _IN_COMPILED, PRIMITIVES
+from ppl import primitives
+from ppl.primitives import _IN_COMPILED, PRIMITIVES, Scope, direct_address
+from ppl.trace import Site
 
 
 class CompileError(Exception):
@@ -52,19 +54,6 @@ class CompileError(Exception):
         if source:
             text += f"\n    {source}"
         super().__init__(text)
-
-
-@dataclass(frozen=True)
-class Site:
-    """A suspension point in the source: where it is, and the statement it belongs to."""
-
-    filename: str
-    lineno: int
-    function: str
-    source: str
-
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno} in {self.function}: {self.source}"
 
 
 @dataclass
@@ -101,13 +90,20 @@ class Code:
 
 
 class Program:
-    """A function compiled for inference. Calling it directly runs it as plain Python."""
+    """A function compiled for inference. Calling it directly runs it as plain Python.
+
+    `fixed` holds the choices that `ppl.condition(program, {address: value})` fixed: addresses
+    relative to this program's own calls, honoured by direct runs and by inference alike.
+    """
+
+    fixed: dict[str, Any] | None
 
     def __init__(self, fn: Callable) -> None:
         if not isinstance(fn, types.FunctionType):
             raise TypeError(f"@program decorates a plain function, got {type(fn).__name__}")
         functools.update_wrapper(self, fn)
         self.fn = fn
+        self.fixed = None
         self._code: Code | None = None
         self._source = _Source.of(fn)
         # Report unsupported constructs now, not at the first inference run. Call sites are
@@ -127,7 +123,25 @@ class Program:
                 "comprehension inside a program under inference; call it from a program's own "
                 "statements so that it can be suspended"
             )
-        return self.fn(*args, **kwargs)
+        # a direct call opens an address scope: under its caller's, or at the root
+        scopes = primitives._SCOPES
+        prefix = direct_address(None, 1)[0] + "/" if scopes else ""
+        scopes.append(Scope(prefix))
+        try:
+            if self.fixed:
+                from ppl.handlers import condition
+
+                with condition(self.fixed, root=prefix):
+                    return self.fn(*args, **kwargs)
+            return self.fn(*args, **kwargs)
+        finally:
+            scopes.pop()
+
+    def conditioned(self, data: dict[str, Any]) -> Program:
+        """This program with the choices at the addresses in `data` fixed to those values."""
+        other = copy.copy(self)
+        other.fixed = {**(self.fixed or {}), **data}
+        return other
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         raise TypeError("@program functions cannot be methods; define them at module level")

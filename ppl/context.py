@@ -279,3 +279,58 @@ class NextToken:
 
     def __repr__(self) -> str:
         return f"NextToken({self.context!r})"
+
+
+class TokenProposal(NextToken):
+    """The next token of `context`, drawn from the next-token distribution of `proposal`.
+
+    Made by `sample(ctx.next_token(), proposal=other.next_token())`. The target is unchanged: the
+    choice's log probability is log p(token) under `context`, and the run's weight gains
+    log p(token) - log q(token), q being `proposal`'s distribution. `proposal` may be another
+    prompt or another model with the same vocabulary; where q is zero and p is not, the estimate
+    is biased, so q should cover p.
+    """
+
+    __slots__ = ("proposal",)
+
+    def __init__(self, context: Context, proposal: Context) -> None:
+        super().__init__(context)
+        if proposal.lm.vocab_size != context.lm.vocab_size:
+            raise ValueError(
+                f"a token proposal needs the target's vocabulary: {proposal.lm!r} has "
+                f"{proposal.lm.vocab_size} tokens, {context.lm!r} has {context.lm.vocab_size}"
+            )
+        self.proposal = proposal
+
+    def _contexts(self) -> tuple[Context, ...]:
+        return (self.context, self.proposal)
+
+    @classmethod
+    def _draw_batch(
+        cls, dists: Sequence[NextToken], generator: torch.Generator
+    ) -> list[tuple[Token, float, float]]:
+        target = torch.stack([d.context._logprobs for d in dists]).double()
+        q = torch.stack([d.proposal._logprobs for d in dists]).double()  # type: ignore[attr-defined]
+        ids = torch.multinomial(q.exp(), 1, generator=generator)[:, 0]
+        rows = torch.arange(len(dists))
+        log_p = target[rows, ids].tolist()
+        log_q = q[rows, ids].tolist()
+        return [
+            (d.context.lm.token(i), lp, lp - lq if lp > -float("inf") else lp)
+            for d, i, lp, lq in zip(dists, ids.tolist(), log_p, log_q, strict=True)
+        ]
+
+    def sample(self, rng: np.random.Generator) -> Token:
+        probs = self.proposal.logprobs().double().exp().numpy()
+        token_id = int(rng.choice(len(probs), p=probs / probs.sum()))
+        return self.context.lm.token(token_id)
+
+    def log_weight(self, value: Token | int) -> float:
+        """log p(value) - log q(value)."""
+        log_p = self.log_prob(value)
+        if log_p == -float("inf"):
+            return log_p
+        return log_p - float(self.proposal.logprobs()[int(value)])
+
+    def __repr__(self) -> str:
+        return f"TokenProposal({self.context!r}, proposal={self.proposal!r})"

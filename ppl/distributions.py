@@ -1,21 +1,34 @@
-"""The distribution protocol and small Python-valued discrete distributions.
+"""The distribution protocol, the NumPyro adapter and small Python-valued discrete distributions.
 
 A distribution is any object with
 
 * `sample(rng: numpy.random.Generator) -> value`
 * `log_prob(value) -> float`
 
-Language-model distributions (`ctx.next_token()`) follow the same protocol; the scheduler
-recognises them and batches their model calls across particles.
+Three families meet the protocol:
+
+* the small helpers here (`Bernoulli`, `Categorical` over any values, `UniformChoice`,
+  `Geometric`), whose values are plain Python objects;
+* any NumPyro distribution, adapted by `as_distribution`: its JAX key is drawn from the run's
+  generator (users never handle keys), scalar values come back as Python numbers and arrays as
+  NumPy arrays, and `log_prob` sums over every element (batch and event dimensions alike);
+* language-model distributions (`ctx.next_token()`, `ppl.context`), which the scheduler
+  recognises and batches across particles.
+
+`proposed(p, q)` draws from `q` and scores under `p`; the run's weight gains
+log p(x) - log q(x), so the target is unchanged and only the variance differs.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ppl.context import NextToken, TokenProposal
 
 
 class Distribution:
@@ -118,3 +131,135 @@ class Geometric(Distribution):
 
     def __repr__(self) -> str:
         return f"Geometric({self.p})"
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPyro distributions
+
+
+def _is_numpyro(obj: Any) -> bool:
+    module = sys.modules.get("numpyro.distributions")  # no NumPyro object exists before import
+    return module is not None and isinstance(obj, module.Distribution)
+
+
+_JITTED: dict[str, Any] = {}
+
+
+def _jitted(kind: str) -> Any:
+    """Compiled `sample` and `log_prob` taking the distribution as a pytree argument.
+
+    Compilation is cached by the distribution's class and parameter shapes, so a model that builds
+    `Beta(a, b)` afresh at every call compiles once.
+    """
+    fn = _JITTED.get(kind)
+    if fn is None:
+        import jax
+
+        if kind == "sample":
+            fn = jax.jit(lambda seed, d: d.sample(jax.random.PRNGKey(seed)))
+        else:
+            fn = jax.jit(lambda d, value: d.log_prob(value).sum())
+        _JITTED[kind] = fn
+    return fn
+
+
+def _to_python(x: Any) -> Any:
+    a = np.asarray(x)
+    return a.item() if a.ndim == 0 else np.array(a)
+
+
+class NumPyro(Distribution):
+    """A NumPyro distribution under the ppl protocol (made by `as_distribution`).
+
+    `sample(rng)` draws a 32-bit seed from `rng` and samples with the JAX key made from it; the
+    value is a Python scalar when the distribution's shape is `()`, else a NumPy array.
+    `log_prob(value)` is the sum of NumPyro's log densities over all elements, -inf outside the
+    support.
+    """
+
+    __slots__ = ("dist",)
+
+    def __init__(self, dist: Any) -> None:
+        self.dist = dist
+
+    @property
+    def is_discrete(self) -> bool:
+        return bool(self.dist.support.is_discrete)
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        seed = rng.integers(2**32, dtype=np.uint32)
+        try:
+            value = _jitted("sample")(seed, self.dist)
+        except TypeError:  # a distribution that is not a pytree: sample it eagerly
+            import jax
+
+            value = self.dist.sample(jax.random.PRNGKey(seed))
+        return _to_python(value)
+
+    def log_prob(self, value: Any) -> float:
+        try:
+            lp = float(_jitted("log_prob")(self.dist, value))
+        except TypeError:
+            lp = float(self.dist.log_prob(value).sum())
+        if math.isnan(lp) and not bool(np.all(np.asarray(self.dist.support(value)))):
+            return -math.inf  # NumPyro gives NaN for some values outside the support
+        return lp
+
+    def __repr__(self) -> str:
+        return f"NumPyro({type(self.dist).__name__})"
+
+
+def as_distribution(kind: str, obj: Any) -> Any:
+    """`obj` under the protocol: NumPyro distributions wrapped, others checked and returned."""
+    if _is_numpyro(obj):
+        return NumPyro(obj)
+    if not (hasattr(obj, "sample") and hasattr(obj, "log_prob")):
+        raise TypeError(
+            f"{kind}() needs a distribution (a ppl.distributions or NumPyro distribution, or "
+            f"ctx.next_token()), got {type(obj).__name__}: {obj!r:.80}"
+        )
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Proposals
+
+
+class Proposed(Distribution):
+    """Draws from `proposal`, scores under `target`.
+
+    `log_prob(x)` is log p(x) (the choice's probability under the program), and
+    `log_weight(x) = log p(x) - log q(x)` is what the run's weight gains. The proposal must give
+    positive probability wherever the target does, or the estimate is biased.
+    """
+
+    def __init__(self, target: Any, proposal: Any) -> None:
+        self.target = target
+        self.proposal = proposal
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return self.proposal.sample(rng)
+
+    def log_prob(self, value: Any) -> float:
+        return float(self.target.log_prob(value))
+
+    def log_weight(self, value: Any) -> float:
+        log_p = float(self.target.log_prob(value))
+        if log_p == -math.inf:
+            return -math.inf
+        return log_p - float(self.proposal.log_prob(value))
+
+    def __repr__(self) -> str:
+        return f"Proposed({self.target!r}, proposal={self.proposal!r})"
+
+
+def proposed(target: Any, proposal: Any) -> Any:
+    """`target` sampled through `proposal`: a `TokenProposal` for tokens, else `Proposed`."""
+    if isinstance(target, NextToken) or isinstance(proposal, NextToken):
+        if not (type(target) is NextToken and type(proposal) is NextToken):
+            raise TypeError(
+                "a token proposal needs two plain next-token distributions "
+                f"(ctx.next_token()), got {target!r:.60} and {proposal!r:.60}"
+            )
+        return TokenProposal(target.context, proposal.context)
+    return Proposed(target, proposal)

@@ -6,15 +6,22 @@ program directly is ancestral simulation.
 
 Inside inference, compiled programs never call these functions: the compiler turns each call
 into a suspension that the scheduler interprets (`ppl.inference.engine`). Both paths parse
-arguments with `parse_args` so that they agree on what a call means.
+arguments with `parse_args` and address choices with `ppl.trace.address_of`, so that they agree
+on what a call means and where its choice lives.
 """
 
 from __future__ import annotations
 
+import linecache
 import math
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from ppl.distributions import as_distribution, proposed
+from ppl.trace import Site, address_of
 
 # The handler stack for direct runs, innermost last.
 _STACK: list[Any] = []
@@ -24,45 +31,124 @@ _STACK: list[Any] = []
 _IN_COMPILED: list[bool] = [False]
 
 
+class Scope:
+    """One direct call of a program: the address prefix of its choices and its line counters."""
+
+    __slots__ = ("prefix", "counts")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counts: dict[int, int] = {}
+
+
+# Address scopes of the programs running directly, innermost last.
+_SCOPES: list[Scope] = []
+
+
+def direct_address(name: str | None, depth: int) -> tuple[str, Site]:
+    """The address and statement of a site reached directly, `depth` frames above this call.
+
+    Counts the site on its line in the innermost program call, exactly as the engine does for
+    compiled code, so both give a choice the same address.
+    """
+    frame = sys._getframe(depth + 1)
+    line = frame.f_lineno
+    code = frame.f_code
+    site = Site(
+        code.co_filename, line, code.co_name, linecache.getline(code.co_filename, line).strip()
+    )
+    if not _SCOPES:  # outside any program or handler: nothing to count against
+        return address_of("", name, code.co_name, line, 0), site
+    scope = _SCOPES[-1]
+    k = scope.counts.get(line, 0)
+    scope.counts[line] = k + 1
+    return address_of(scope.prefix, name, code.co_name, line, k), site
+
+
+def caller_location(depth: int) -> str:
+    """`file:line` of the statement `depth` frames above this call."""
+    frame = sys._getframe(depth + 1)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
 class Message(dict):
     """A primitive call on its way through the handler stack.
 
-    Keys: `type` ("sample", "observe", "factor"), `name` (address or None), `fn` (the
-    distribution), `value`, `log_weight` (for observe/factor), `stop`, `infer` (handler notes).
+    Keys: `type` ("sample", "observe", "factor"), `name` (the user's name or None), `address`,
+    `site` (the statement),
+    `fn` (the distribution), `value`, `log_weight` (for factor), `scale` (multiplies every log
+    density of the site), `observed` (a sample whose value a handler fixed), `stop`, `infer`
+    (handler notes, such as the random generator).
     """
+
+
+def _message(
+    kind: str, name: str | None, where: tuple[str, Site], fn: Any, value: Any, w: Any
+) -> Message:
+    return Message(
+        type=kind,
+        name=name,
+        address=where[0],
+        site=where[1],
+        fn=fn,
+        value=value,
+        log_weight=w,
+        scale=1.0,
+        observed=kind == "observe",
+        stop=False,
+        infer={},
+    )
 
 
 def parse_args(kind: str, args: tuple, kwargs: dict) -> tuple[str | None, Any, Any]:
     """Normalise a primitive call into (name, distribution-or-weight, value).
 
-    sample(dist) | sample(name, dist)              -> (name, dist, None)
+    sample(dist) | sample(name, dist)                 -> (name, dist, None)
+    sample(dist, proposal=q) | sample(name, dist, proposal=q)
+                                                      -> (name, proposed(dist, q), None)
     observe(dist, value) | observe(name, dist, value) -> (name, dist, value)
-    factor(log_w) | factor(name, log_w)            -> (name, log_w, None)
-    condition(ok) | condition(name, ok)            -> (name, ok, None)
+    factor(log_w) | factor(name, log_w)               -> (name, log_w, None)
+    condition(ok) | condition(name, ok)               -> (name, ok, None)
+
+    Distributions come back adapted to the protocol of `ppl.distributions` (NumPyro
+    distributions wrapped); anything else raises a `TypeError` that says what was given.
     """
+    n = len(args)
+    if kind == "sample" and kwargs.keys() <= {"proposal"}:
+        if n == 1:
+            name, dist = None, args[0]
+        elif n == 2 and isinstance(args[0], str):
+            name, dist = args
+        else:
+            raise TypeError("sample() takes (dist) or (name, dist), and optionally proposal=q")
+        dist = as_distribution("sample", dist)
+        if "proposal" in kwargs:
+            dist = proposed(dist, as_distribution("sample(proposal=...)", kwargs["proposal"]))
+        return name, dist, None
     if kwargs:
         raise TypeError(f"{kind}() takes positional arguments only, got {sorted(kwargs)}")
-    n = len(args)
     if kind == "observe":
         if n == 2:
-            return None, args[0], args[1]
+            return None, as_distribution("observe", args[0]), args[1]
         if n == 3 and isinstance(args[0], str):
-            return args[0], args[1], args[2]
+            return args[0], as_distribution("observe", args[1]), args[2]
         raise TypeError("observe() takes (dist, value) or (name, dist, value)")
     if n == 1:
-        return None, args[0], None
-    if n == 2 and isinstance(args[0], str):
-        return args[0], args[1], None
-    usage = {"sample": "(dist) or (name, dist)", "factor": "(log_weight) or (name, log_weight)"}
-    raise TypeError(f"{kind}() takes {usage.get(kind, '(ok) or (name, ok)')}")
-
-
-def check_distribution(kind: str, dist: Any) -> None:
-    if not (hasattr(dist, "sample") and hasattr(dist, "log_prob")):
+        name, obj = None, args[0]
+    elif n == 2 and isinstance(args[0], str):
+        name, obj = args
+    else:
+        usage = {
+            "factor": "(log_weight) or (name, log_weight)",
+            "twist": "(log_weight) or (name, log_weight)",
+        }
+        raise TypeError(f"{kind}() takes {usage.get(kind, '(ok) or (name, ok)')}")
+    if kind == "condition" and isinstance(obj, Mapping):
         raise TypeError(
-            f"{kind}() needs a distribution (an object with sample and log_prob), "
-            f"got {type(dist).__name__}: {dist!r:.80}"
+            "condition() with a dict is the handler that fixes named choices: "
+            "condition(program, {name: value}) or `with condition({name: value}): ...`"
         )
+    return name, obj, None
 
 
 def as_log_weight(value: Any, where: str) -> float:
@@ -80,66 +166,122 @@ def as_log_weight(value: Any, where: str) -> float:
     return w
 
 
+def is_traced(value: Any) -> bool:
+    """Is `value` a JAX tracer (a program run under `ppl.nuts`), not a concrete value?"""
+    jax_core = sys.modules.get("jax.core")
+    return jax_core is not None and isinstance(value, jax_core.Tracer)
+
+
 def _apply(msg: Message) -> Any:
     if _IN_COMPILED[0]:
         raise RuntimeError(
             f"{msg['type']}() was called from a plain function inside a program under inference. "
             "Decorate that function with @ppl.program so the compiler can suspend it."
         )
+    visited = 0
     for handler in reversed(_STACK):
+        visited += 1
         handler.process_message(msg)
         if msg["stop"]:
             break
     if msg["value"] is None and msg["type"] == "sample":
         rng = msg["infer"].get("rng")
         msg["value"] = msg["fn"].sample(rng if rng is not None else np.random.default_rng())
-    for handler in _STACK:
+    # a handler that stopped the message hides it from the handlers outside it, both ways
+    for handler in _STACK[len(_STACK) - visited :]:
         handler.postprocess_message(msg)
     return msg["value"]
 
 
+def _parse_direct(kind: str, args: tuple, kwargs: dict) -> tuple[str | None, Any, Any]:
+    try:
+        return parse_args(kind, args, kwargs)
+    except TypeError as e:
+        raise TypeError(f"{caller_location(2)}: {e}") from None
+
+
 def sample(*args: Any, **kwargs: Any) -> Any:
-    """Draw a value from a distribution: `sample(dist)` or `sample("name", dist)`."""
-    name, dist, _ = parse_args("sample", args, kwargs)
-    check_distribution("sample", dist)
-    return _apply(
-        Message(type="sample", name=name, fn=dist, value=None, log_weight=0.0, stop=False, infer={})
-    )
+    """Draw a value: `sample(dist)`, `sample("name", dist)`, optionally `proposal=q`.
+
+    `dist` is a `ppl.distributions` distribution, a NumPyro distribution, or a language-model
+    distribution such as `ctx.next_token()`. With `proposal=q` the value is drawn from `q` and
+    the run's weight gains log p(value) - log q(value): the target is unchanged.
+    """
+    name, dist, _ = _parse_direct("sample", args, kwargs)
+    where = direct_address(name, 1)
+    return _apply(_message("sample", name, where, dist, None, 0.0))
 
 
 def observe(*args: Any, **kwargs: Any) -> Any:
     """Condition on `value` having been drawn from `dist`: the weight gains log p(value)."""
-    name, dist, value = parse_args("observe", args, kwargs)
-    check_distribution("observe", dist)
-    msg = Message(
-        type="observe", name=name, fn=dist, value=value, log_weight=0.0, stop=False, infer={}
-    )
-    return _apply(msg)
+    name, dist, value = _parse_direct("observe", args, kwargs)
+    where = direct_address(name, 1)
+    return _apply(_message("observe", name, where, dist, value, 0.0))
 
 
 def factor(*args: Any, **kwargs: Any) -> None:
     """Add a log-weight to the current execution: `factor(log_w)` or `factor("name", log_w)`."""
-    name, log_w, _ = parse_args("factor", args, kwargs)
-    w = as_log_weight(log_w, "factor()")
-    _apply(
-        Message(type="factor", name=name, fn=None, value=None, log_weight=w, stop=False, infer={})
+    name, log_w, _ = _parse_direct("factor", args, kwargs)
+    w = log_w if is_traced(log_w) else as_log_weight(log_w, f"factor() at {caller_location(1)}")
+    where = direct_address(name, 1)
+    _apply(_message("factor", name, where, None, None, w))
+
+
+def condition(*args: Any, **kwargs: Any) -> Any:
+    """Keep only executions where `ok` holds: `factor(0)` if true, `factor(-inf)` if false.
+
+    Two forms, told apart by a dict as the last argument:
+
+    * `condition(ok)` / `condition("name", ok)`: the primitive, inside a program.
+    * `condition(program, {address: value})` / `condition({address: value})`: the handler that
+      fixes named choices (see `ppl.handlers.condition`), outside a program.
+    """
+    if (args and isinstance(args[-1], Mapping)) or "data" in kwargs:
+        from ppl.handlers import condition as condition_handler
+
+        return condition_handler(*args, **kwargs)
+    name, ok, _ = _parse_direct("condition", args, kwargs)
+    where = direct_address(name, 1)
+    w = ok if is_traced(ok) else (0.0 if ok else -math.inf)
+    msg = _message("factor", name, where, None, None, w)
+    msg["infer"]["condition"] = True
+    _apply(msg)
+    return None
+
+
+def twist(*args: Any, **kwargs: Any) -> None:
+    """A heuristic log-weight that guides resampling without changing the target.
+
+    `twist(log_psi)` or `twist("name", log_psi)`. Under SMC the term is added to the particle's
+    weight for the resampling decisions of this step and taken out again at the particle's next
+    step (or when its program returns), so it cancels from the final weights and from the
+    evidence estimate. A direct run ignores it.
+    """
+    name, log_w, _ = _parse_direct("twist", args, kwargs)
+    as_log_weight(log_w, f"twist() at {caller_location(1)}")
+
+
+PRIMITIVES = {
+    sample: "sample",
+    observe: "observe",
+    factor: "factor",
+    condition: "condition",
+    twist: "twist",
+}
+
+
+def generators(seed: int | None) -> tuple[int, np.random.Generator, Any]:
+    """The run's seed entropy, NumPy generator and torch generator, all derived from `seed`.
+
+    Inference runs and `ppl.handlers.seed` both use it, so a program run directly under
+    `seed(program, s)` makes the same choices as its first particle under `importance(...,
+    seed=s)`. NumPyro keys are drawn from the NumPy generator.
+    """
+    import torch
+
+    seq = np.random.SeedSequence(seed)
+    np_seq, torch_seq = seq.spawn(2)
+    torch_gen = torch.Generator().manual_seed(
+        int(torch_seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
     )
-
-
-def condition(*args: Any, **kwargs: Any) -> None:
-    """Keep only executions where `ok` holds: `factor(0)` if true, `factor(-inf)` if false."""
-    name, ok, _ = parse_args("condition", args, kwargs)
-    _apply(
-        Message(
-            type="factor",
-            name=name,
-            fn=None,
-            value=None,
-            log_weight=0.0 if ok else -math.inf,
-            stop=False,
-            infer={"condition": True},
-        )
-    )
-
-
-PRIMITIVES = {sample: "sample", observe: "observe", factor: "factor", condition: "condition"}
+    return seq.entropy, np.random.default_rng(np_seq), torch_gen

@@ -8,9 +8,13 @@ choices and resumes the particles with their tokens. Resampling sits between the
 algorithm that drives the engine (`ppl.inference.smc`).
 
 Weights: `observe(d, v)` adds log d(v), `factor(w)` adds w, `condition(ok)` adds 0 or -inf.
-`sample` adds nothing: choices are drawn from their own distributions (the prior is the
-proposal). A particle whose weight reaches -inf stops at once and records the statement that
-killed it.
+`sample` adds nothing when a choice is drawn from its own distribution (the prior is the
+proposal), and log p(x) - log q(x) when it is drawn from a proposal q. A choice that
+`condition(program, {address: value})` fixes is an observation: it adds log p(value). A particle
+whose weight reaches -inf stops at once and records the statement that killed it.
+
+Addresses: each frame holds the address prefix of its call and counts the sites met on each
+line, so an unnamed choice gets `function:line#count` under its caller's prefix (`ppl.trace`).
 """
 
 from __future__ import annotations
@@ -18,38 +22,46 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
-import torch
 
 from ppl.compiler import Code, Program, Site
 from ppl.context import NextToken
-from ppl.primitives import _IN_COMPILED, PRIMITIVES, as_log_weight, check_distribution, parse_args
+from ppl.distributions import Proposed
+from ppl.primitives import _IN_COMPILED, PRIMITIVES, as_log_weight, generators, parse_args
+from ppl.trace import Choice, Trace
+
+# Choices fixed by `condition(program, data)`: (address prefix of that program's call, data).
+Fixed = tuple[tuple[str, Mapping[str, Any]], ...]
+_UNFIXED = object()
 
 
 class Frame:
-    """One activation of a program: code, program counter, locals, and where its value goes."""
+    """One activation of a program: code, program counter, locals, and where its value goes.
 
-    __slots__ = ("code", "pc", "L", "target")
+    `prefix` is the address of the call that made it (followed by "/", empty at the top),
+    `counts` the sites met so far on each line, `fixed` the choices fixed by `condition`.
+    """
 
-    def __init__(self, code: Code, pc: int, L: dict, target: str | None) -> None:
+    __slots__ = ("code", "pc", "L", "target", "prefix", "counts", "fixed")
+
+    def __init__(
+        self,
+        code: Code,
+        pc: int,
+        L: dict,
+        target: str | None,
+        prefix: str = "",
+        counts: dict[int, int] | None = None,
+        fixed: Fixed = (),
+    ) -> None:
         self.code = code
         self.pc = pc
         self.L = L
         self.target = target
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A random choice made by a particle."""
-
-    site: Site
-    name: str | None
-    value: Any
-    log_prob: float
+        self.prefix = prefix
+        self.counts = {} if counts is None else counts
+        self.fixed = fixed
 
 
 class _Trace:
@@ -71,7 +83,18 @@ class _Trace:
 
 
 class Particle:
-    __slots__ = ("frames", "log_weight", "trace", "value", "done", "pending", "killed_by", "error")
+    __slots__ = (
+        "frames",
+        "log_weight",
+        "trace",
+        "value",
+        "done",
+        "pending",
+        "killed_by",
+        "error",
+        "twist",
+        "log_likelihood",
+    )
 
     def __init__(self, frames: list[Frame]) -> None:
         self.frames = frames
@@ -79,9 +102,12 @@ class Particle:
         self.trace: _Trace | None = None
         self.value: Any = None
         self.done = False
-        self.pending: tuple | None = None  # (kind, dist, target, site, name, value) awaiting the LM
+        # (kind, dist, target, site, name, value, address) awaiting the LM
+        self.pending: tuple | None = None
         self.killed_by: Site | None = None
         self.error: BaseException | None = None
+        self.twist = 0.0  # twist terms in `log_weight`, taken out at the particle's next step
+        self.log_likelihood = 0.0  # observe, factor and condition terms (not reset by resampling)
 
     @property
     def alive(self) -> bool:
@@ -90,7 +116,12 @@ class Particle:
     def fork(self) -> Particle:
         """An independent copy: frames copied by value, contexts and trace shared."""
         memo: dict[int, Any] = {}
-        frames = [Frame(f.code, f.pc, copy.deepcopy(f.L, memo), f.target) for f in self.frames]
+        frames = [
+            Frame(
+                f.code, f.pc, copy.deepcopy(f.L, memo), f.target, f.prefix, f.counts.copy(), f.fixed
+            )
+            for f in self.frames
+        ]
         other = Particle(frames)
         other.log_weight = self.log_weight
         other.trace = self.trace
@@ -99,7 +130,13 @@ class Particle:
         other.pending = self.pending
         other.killed_by = self.killed_by
         other.error = self.error
+        other.twist = self.twist
+        other.log_likelihood = self.log_likelihood
         return other
+
+    def to_trace(self) -> Trace:
+        """The particle's choices so far, with their score (see `ppl.trace.Trace`)."""
+        return Trace(self.trace.to_list() if self.trace is not None else [], self.log_likelihood)
 
 
 class ProgramError(Exception):
@@ -124,13 +161,7 @@ class Engine:
         self.args = args
         self.kwargs = kwargs
         self.errors = errors
-        seq = np.random.SeedSequence(seed)
-        self.seed = seq.entropy
-        np_seq, torch_seq = seq.spawn(2)
-        self.rng = np.random.default_rng(np_seq)
-        self.torch_gen = torch.Generator().manual_seed(
-            int(torch_seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        )
+        self.seed, self.rng, self.torch_gen = generators(seed)
         self.lms: list[Any] = []  # language models met, for their counters
         self._counters_at_start: dict[int, tuple[int, int]] = {}
         self.steps = 0
@@ -138,8 +169,11 @@ class Engine:
         self.errors_seen: Counter[str] = Counter()  # errors of dropped particles (errors="drop")
 
     def new_particles(self, n: int) -> list[Particle]:
+        fixed: Fixed = (("", self.program.fixed),) if self.program.fixed else ()
         return [
-            Particle([Frame(self.code, 0, self.code.bind(self.args, self.kwargs), None)])
+            Particle(
+                [Frame(self.code, 0, self.code.bind(self.args, self.kwargs), None, "", {}, fixed)]
+            )
             for _ in range(n)
         ]
 
@@ -188,36 +222,85 @@ class Engine:
             kind = _primitive_kind(callee)
             if kind is None:
                 if isinstance(callee, Program):
-                    frame = Frame(callee.code, 0, callee.code.bind(args, kwargs), target)
+                    prefix = self._address(frame, site, None) + "/"
+                    fixed = frame.fixed
+                    if callee.fixed:
+                        fixed = (*fixed, (prefix, callee.fixed))
+                    code = callee.code
+                    frame = Frame(code, 0, code.bind(args, kwargs), target, prefix, {}, fixed)
                     frames.append(frame)
                 else:  # a local holding a plain callable
                     frame.L[target] = callee(*args, **kwargs)
                 continue
-            name, obj, value = parse_args(kind, args, kwargs)
-            if kind == "sample":
-                check_distribution("sample", obj)
-                if isinstance(obj, NextToken):
-                    p.pending = ("sample", obj, target, site, name, None)
-                    return
-                value = obj.sample(self.rng)
-                p.trace = _Trace(p.trace, Choice(site, name, value, float(obj.log_prob(value))))
-                frame.L[target] = value
+            if kind == "condition" and args and isinstance(args[-1], Mapping):
+                frame.L[target] = callee(*args, **kwargs)  # the handler form: a value, no site
                 continue
-            if kind == "observe":
-                check_distribution("observe", obj)
+            if (
+                kind == "sample"
+                and len(args) == 1
+                and args[0].__class__ is NextToken
+                and not kwargs
+            ):
+                name, obj, value = None, args[0], None  # the common case, without parsing
+            else:
+                try:
+                    name, obj, value = parse_args(kind, args, kwargs)
+                except TypeError as e:
+                    raise TypeError(f"{site}: {e}") from None
+            if kind == "sample" or kind == "observe":
+                address = self._address(frame, site, name)
+                if kind == "sample" and frame.fixed:
+                    value = _fixed_value(frame.fixed, address)
+                    if value is not _UNFIXED:
+                        kind = "observe"  # a choice fixed by condition(): an observation
+                if kind == "sample":
+                    if isinstance(obj, NextToken):
+                        p.pending = ("sample", obj, target, site, name, None, address)
+                        return
+                    value = obj.sample(self.rng)
+                    log_p = float(obj.log_prob(value))
+                    p.trace = _Trace(p.trace, Choice(site, name, value, log_p, address))
+                    frame.L[target] = value
+                    if obj.__class__ is Proposed:
+                        log_w = as_log_weight(obj.log_weight(value), f"sample() at {site}")
+                        if self._reweight(p, log_w, site):
+                            return
+                    continue
                 if isinstance(obj, NextToken):
-                    p.pending = ("observe", obj, target, site, name, value)
+                    p.pending = ("observe", obj, target, site, name, value, address)
                     return
                 log_w = as_log_weight(obj.log_prob(value), f"observe() at {site}")
+                p.log_likelihood += log_w
                 frame.L[target] = value
+            elif kind == "twist":
+                log_w = as_log_weight(obj, f"twist() at {site}")
+                if log_w == -math.inf:
+                    raise ValueError(f"twist() at {site}: the twist is -inf; use condition()")
+                p.twist += log_w
+                frame.L[target] = None
             elif kind == "factor":
+                self._address(frame, site, name)
                 log_w = as_log_weight(obj, f"factor() at {site}")
+                p.log_likelihood += log_w
                 frame.L[target] = None
             else:  # condition
+                self._address(frame, site, name)
                 log_w = 0.0 if obj else -math.inf
+                p.log_likelihood += log_w
                 frame.L[target] = None
             if self._reweight(p, log_w, site):
                 return
+
+    @staticmethod
+    def _address(frame: Frame, site: Site, name: str | None) -> str:
+        """Count the site on its line; the address of its choice (`ppl.trace.address_of`)."""
+        counts = frame.counts
+        line = site.lineno
+        k = counts.get(line, 0)
+        counts[line] = k + 1
+        if name is not None:
+            return frame.prefix + name
+        return f"{frame.prefix}{site.function}:{line}#{k}"
 
     def _reweight(self, p: Particle, log_w: float, site: Site) -> bool:
         """Add to the weight; True if the particle is dead."""
@@ -256,18 +339,20 @@ class Engine:
         for draw_batch, group in kinds.items():
             drawn = draw_batch([p.pending[1] for p in group], self.torch_gen)
             for p, (token, log_p, log_w) in zip(group, drawn, strict=True):
-                _, _, target, site, name, _ = p.pending
+                _, _, target, site, name, _, address = p.pending
                 p.pending = None
-                p.trace = _Trace(p.trace, Choice(site, name, token, log_p))
+                p.trace = _Trace(p.trace, Choice(site, name, token, log_p, address))
                 p.frames[-1].L[target] = token
                 if log_w != 0.0:
                     self._reweight(p, as_log_weight(log_w, f"sample() at {site}"), site)
         for p in waiting:
             if p.pending is not None:  # observe
-                _, dist, target, site, name, value = p.pending
+                _, dist, target, site, name, value, _ = p.pending
                 p.pending = None
                 p.frames[-1].L[target] = value
-                self._reweight(p, as_log_weight(dist.log_prob(value), f"observe() at {site}"), site)
+                log_w = as_log_weight(dist.log_prob(value), f"observe() at {site}")
+                p.log_likelihood += log_w
+                self._reweight(p, log_w, site)
         self.steps += 1
         return len(waiting)
 
@@ -278,6 +363,16 @@ class Engine:
             "forward_calls": sum(lm.forward_calls - start[id(lm)][0] for lm in self.lms),
             "tokens_fed": sum(lm.tokens_fed - start[id(lm)][1] for lm in self.lms),
         }
+
+
+def _fixed_value(fixed: Fixed, address: str) -> Any:
+    """The value `condition` fixed at `address`, or `_UNFIXED`."""
+    for prefix, data in fixed:
+        if address.startswith(prefix):
+            value = data.get(address[len(prefix) :], _UNFIXED)
+            if value is not _UNFIXED:
+                return value
+    return _UNFIXED
 
 
 def _primitive_kind(callee: Any) -> str | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,23 +54,35 @@ class Posterior:
         ess: effective sample size after each step's reweighting, before any resampling.
         resampled: the steps at which the particles were resampled.
         ancestors: for each resampling, the index of the parent of each new particle.
-        traces: the choices of each particle.
+        traces: the choices of each particle, a `ppl.Trace` (address, value and log probability
+            of each choice, and the score) for IS and SMC.
         failure: why the run has no sample with positive weight, or None.
         diagnostics: where particles were rejected (statement -> count) and errors raised.
         stats: particles, steps, model calls, tokens fed, seconds, seed.
+        log_evidence_steps: the running estimate of log Z after each step (SMC variants): the
+            evidence of the resampling steps so far times the mean current weight.
+        chain: for MCMC, the chain of each value (values are chain-major, in step order).
+        acceptance: for MCMC, the acceptance rate of each chain; for SMC with rejuvenation,
+            the acceptance rate of the moves.
+        history: per-step snapshots of an SMC run made with `record=True`: for each step, the
+            particles' texts, log weights and states, and the parents after any resampling.
     """
 
     method: str
     values: list[Any]
     log_weights: np.ndarray
-    log_evidence: float
+    log_evidence: float | None
     ess: np.ndarray
     resampled: list[int] = field(default_factory=list)
     ancestors: list[np.ndarray] = field(default_factory=list)
-    traces: list[list[Choice]] = field(default_factory=list)
+    traces: list[Sequence[Choice]] = field(default_factory=list)
     failure: str | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    log_evidence_steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    chain: np.ndarray | None = None
+    acceptance: np.ndarray | None = None
+    history: list[dict[str, Any]] | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -108,16 +122,40 @@ class Posterior:
         xs = [v if f is None else f(v) for v, wi in zip(self.values, w) if wi > 0]
         return float(np.dot([wi for wi in w if wi > 0], np.asarray(xs, dtype=float)))
 
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Mean acceptance rate of the MCMC moves (None for runs without MCMC)."""
+        if self.acceptance is None or len(self.acceptance) == 0:
+            return None
+        return float(np.mean(self.acceptance))
+
     def summary(self, top: int = 10, width: int = 70) -> str:
         """A table: run statistics, then the most probable return values with their weights."""
         s = self.stats
+        if self.chain is not None:
+            head = (
+                f"{self.method}: {s.get('chains', 1)} chains x {s.get('steps', '?')} steps, "
+                f"{self.num_particles} samples"
+            )
+        else:
+            head = (
+                f"{self.method}: {self.num_particles} particles, {s.get('steps', '?')} steps, "
+                f"{len(self.resampled)} resampling steps"
+            )
         lines = [
-            f"{self.method}: {self.num_particles} particles, {s.get('steps', '?')} steps, "
-            f"{len(self.resampled)} resampling steps",
-            f"log evidence   {self.log_evidence:.4f}",
-            f"final ESS      {self.final_ess:.2f}"
-            + (f"   (min over steps {np.min(self.ess):.2f})" if len(self.ess) else ""),
+            head,
+            "log evidence   "
+            + ("n/a (MCMC)" if self.log_evidence is None else f"{self.log_evidence:.4f}"),
         ]
+        if self.chain is None:
+            lines.append(
+                f"final ESS      {self.final_ess:.2f}"
+                + (f"   (min over steps {np.min(self.ess):.2f})" if len(self.ess) else "")
+            )
+        if self.acceptance is not None:
+            per = "  ".join(f"{a:.2f}" for a in self.acceptance[:8])
+            more = " ..." if len(self.acceptance) > 8 else ""
+            lines.append(f"acceptance     {self.acceptance_rate:.3f}   (per chain {per}{more})")
         if "tokens_fed" in s:
             lines.append(f"model calls    {s['forward_calls']}   tokens fed {s['tokens_fed']}")
         if "seconds" in s:
@@ -145,8 +183,125 @@ class Posterior:
                 lines.append(f"{'':8}  ... {len(dist) - top} more distinct values")
         return "\n".join(lines)
 
+    # -- diagnostics views ----------------------------------------------------------------------
+
+    def plot(self, path: str | None = None) -> Any:
+        """Matplotlib figure of ESS and running log-evidence estimate over the steps.
+
+        Resampling steps are marked. Saved to `path` when given. Needs an SMC-type run.
+        """
+        if len(self.ess) == 0:
+            raise ValueError(
+                f"{self.method} has no per-step ESS to plot; plots are for importance/SMC runs"
+            )
+        try:
+            import matplotlib
+
+            if path is not None:
+                matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError(
+                "Posterior.plot needs matplotlib: pip install 'ppl-lm[plot]'"
+            ) from None
+        fig, (ax_ess, ax_z) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
+        steps = np.arange(len(self.ess))
+        ax_ess.plot(steps, self.ess, marker=".", label="ESS")
+        ax_ess.axhline(self.num_particles, color="grey", lw=0.8, ls=":", label="particles")
+        for t in self.resampled:
+            ax_ess.axvline(t, color="tab:orange", lw=0.8, alpha=0.6)
+        ax_ess.set_ylabel("ESS")
+        ax_ess.set_ylim(0, self.num_particles * 1.05)
+        ax_ess.legend(loc="lower left", fontsize="small")
+        finite = np.isfinite(self.log_evidence_steps)
+        ax_z.plot(steps[finite], self.log_evidence_steps[finite], marker=".", color="tab:green")
+        ax_z.set_ylabel("log evidence estimate")
+        ax_z.set_xlabel("step (orange: resampling)")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path)
+        return fig
+
+    def html(self, path: str | None = None, title: str | None = None) -> str:
+        """A self-contained HTML page of a run recorded with `record=True`.
+
+        Written to `path` when given (returned either way as a string): particles per step with
+        their text and weights, and lines from each particle to its parent at resampling.
+        """
+        from ppl.inference.html import render
+
+        page = render(self, title)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
+        return page
+
+    def to_arviz(self, *, seed: int | None = 0) -> Any:
+        """An `arviz.InferenceData` of the numeric named choices (and a numeric return value).
+
+        MCMC runs keep their chains. Weighted runs (IS, SMC) become one chain of
+        `num_particles` draws, resampled by weight (systematic, seeded). A named choice that is
+        not numeric, or is missing from some samples (or repeated with different values at one
+        name), is left out; `return` holds numeric return values.
+        """
+        try:
+            with warnings.catch_warnings():  # arviz announces its own refactor on import
+                warnings.simplefilter("ignore", FutureWarning)
+                import arviz
+        except ImportError:
+            raise ImportError(
+                "Posterior.to_arviz needs arviz: pip install 'ppl-lm[arviz]'"
+            ) from None
+        if self.chain is not None:
+            chain = np.asarray(self.chain)
+            order = [np.flatnonzero(chain == c) for c in np.unique(chain)]
+        else:
+            w = self.weights
+            if w.sum() == 0:
+                raise ValueError(f"no sample has positive weight: {self.failure}")
+            from ppl.inference.resampling import systematic
+
+            order = [systematic(np.random.default_rng(seed), w, self.num_particles)]
+        columns: dict[str, list[Any]] = {}
+        used = sorted({int(i) for o in order for i in o})
+        rows = []
+        for i in used:  # samples that appear in the draws
+            row = {c.name: c.value for c in self.traces[i] if c.name is not None}
+            row["return"] = self.values[i]
+            rows.append(row)
+        position = {i: k for k, i in enumerate(used)}
+        order = [np.array([position[int(i)] for i in o], dtype=np.int64) for o in order]
+        names = set(rows[0]) if rows else set()
+        for row in rows[1:]:
+            names &= set(row)
+        for name in sorted(names):
+            if all(_is_number(r[name]) for r in rows):
+                columns[name] = [float(r[name]) for r in rows]
+        if not columns:
+            raise ValueError(
+                "no numeric named choice or return value to convert; name the choices, "
+                'sample("x", dist), to see them in arviz'
+            )
+        lengths = {len(o) for o in order}
+        if len(lengths) != 1:
+            raise ValueError("chains of different lengths cannot be converted to arviz")
+        posterior = {
+            name: np.stack([np.asarray(vals)[o] for o in order]) for name, vals in columns.items()
+        }
+        return arviz.from_dict(posterior=posterior)
+
     def __repr__(self) -> str:
+        z = "None" if self.log_evidence is None else f"{self.log_evidence:.4f}"
+        if self.chain is not None:
+            return (
+                f"Posterior(method={self.method!r}, samples={self.num_particles}, "
+                f"log_evidence={z}, acceptance={self.acceptance_rate:.3f})"
+            )
         return (
             f"Posterior(method={self.method!r}, particles={self.num_particles}, "
-            f"log_evidence={self.log_evidence:.4f}, ess={self.final_ess:.2f})"
+            f"log_evidence={z}, ess={self.final_ess:.2f})"
         )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, str)

@@ -77,3 +77,51 @@ def get(name: str | Resampler) -> Resampler:
         raise ValueError(
             f"unknown resampling scheme {name!r}; choose one of {sorted(RESAMPLERS)}"
         ) from None
+
+
+# -- resampling without replacement (smc_steer) ---------------------------------------------------
+
+
+def inclusion_probabilities(weights: np.ndarray, n: int) -> np.ndarray:
+    """Probabilities pi_i = min(1, c w_i) of keeping each particle, with sum_i pi_i = n.
+
+    c is the unique constant that makes the probabilities sum to n: the heaviest particles are
+    kept for sure (pi_i = 1), the rest in proportion to their weight. When no more than n
+    weights are positive, every positive one is kept (pi_i = 1) and the sum is their number.
+    Keeping particle i with probability pi_i and giving it weight w_i / pi_i leaves every
+    weighted sum unbiased (Horvitz-Thompson): E[sum_kept f_i w_i / pi_i] = sum_i f_i w_i.
+    """
+    w = _normalised(weights)
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive = w > 0
+    if int(positive.sum()) <= n:
+        return positive.astype(float)
+    order = np.argsort(-w, kind="stable")
+    ws = w[order]
+    tail = np.cumsum(ws[::-1])[::-1]  # tail[k] = sum of ws[k:]
+    c = n / tail[0]
+    for k in range(n):  # k = number of particles kept for sure
+        c = (n - k) / tail[k]
+        if c * ws[k] < 1.0:
+            break
+    return np.minimum(1.0, c * w)
+
+
+def without_replacement(rng: np.random.Generator, inclusion: np.ndarray) -> np.ndarray:
+    """Sorted distinct indices, index i drawn with probability `inclusion[i]` (each <= 1).
+
+    Systematic sampling on the inclusion probabilities: points u, u + 1, ..., u + m - 1 over
+    their cumulative sum, with m = round(sum). An interval of length pi_i <= 1 holds at most
+    one point, so no index is drawn twice, and it holds one with probability exactly pi_i.
+    """
+    pi = np.asarray(inclusion, dtype=float)
+    if pi.ndim != 1 or np.any(pi < 0) or np.any(pi > 1 + 1e-9) or not np.all(np.isfinite(pi)):
+        raise ValueError("inclusion probabilities must lie in [0, 1]")
+    m = int(round(float(pi.sum())))
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    cum = np.cumsum(pi)
+    cum *= m / cum[-1]  # remove round-off so that the last interval ends exactly at m
+    idx = np.searchsorted(cum, rng.random() + np.arange(m), side="right")
+    return np.unique(np.minimum(idx, len(pi) - 1)).astype(np.int64)

@@ -12,6 +12,16 @@ resampling, times the mean weight at the end:
 
 an unbiased estimate of Z (in Z, not log Z) for every unbiased resampling scheme. Importance
 sampling is the same run without resampling.
+
+Twisting: `twist(log_psi)` adds log psi_t to a particle's weight at step t and the driver takes
+it out at the particle's next step (or when its program returns), so the weight increment at
+step t is G_t psi_t / psi_{t-1} with psi = 1 at the end: the twists steer resampling, cancel in
+the final weights and leave the evidence estimate unbiased.
+
+Resample-move: with `rejuvenation=` an MCMC kernel (`MHKernel`), every particle makes MCMC moves
+after each resampling that leave the step's intermediate target invariant, so the particle
+population stays a valid weighted sample while regaining diversity. The particles then keep
+snapshots of themselves before each model call (forks that share contexts).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
+from ppl.inference.html import Recorder
+from ppl.inference.mcmc import Execution, MHKernel, Snapshot, is_waiting, settle, untwist
 from ppl.inference.posterior import Posterior, ess_of, log_sum_exp, normalise
 
 
@@ -44,6 +56,8 @@ def smc(
     seed: int | None = None,
     progress: bool | None = None,
     errors: str = "raise",
+    rejuvenation: MHKernel | None = None,
+    record: bool = False,
     **kwargs: Any,
 ) -> Posterior:
     """Sequential Monte Carlo: `particles` executions of `program(*args, **kwargs)`.
@@ -57,12 +71,32 @@ def smc(
         progress: show a progress bar (default: when stderr is a terminal).
         errors: "raise" (an exception in a particle stops the run and propagates) or "drop"
             (that particle gets weight zero; the errors are listed in `diagnostics`).
+        rejuvenation: an MCMC kernel (`ppl.MHKernel(...)`) applied to every particle after
+            each resampling (resample-move SMC).
+        record: keep per-step snapshots (texts, weights, ancestry) in `Posterior.history`,
+            for `Posterior.html()`.
     """
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     resampler = _resampling.get(resampling)
+    if rejuvenation is not None and not callable(rejuvenation):
+        raise TypeError(
+            f"rejuvenation must be an MCMC kernel such as ppl.MHKernel(), "
+            f"got {type(rejuvenation).__name__}"
+        )
     return _run(
-        "smc", program, args, kwargs, particles, ess_threshold, resampler, seed, progress, errors
+        "smc",
+        program,
+        args,
+        kwargs,
+        particles,
+        ess_threshold,
+        resampler,
+        seed,
+        progress,
+        errors,
+        rejuvenation,
+        record,
     )
 
 
@@ -73,6 +107,7 @@ def importance(
     seed: int | None = None,
     progress: bool | None = None,
     errors: str = "raise",
+    record: bool = False,
     **kwargs: Any,
 ) -> Posterior:
     """Importance sampling with the program's own choices as the proposal (likelihood weighting).
@@ -80,7 +115,20 @@ def importance(
     The weight of an execution is the product of its `observe`, `factor` and `condition` terms;
     `log_evidence` is the log of their mean, an unbiased estimate of Z in Z.
     """
-    return _run("importance", program, args, kwargs, particles, 0.0, None, seed, progress, errors)
+    return _run(
+        "importance",
+        program,
+        args,
+        kwargs,
+        particles,
+        0.0,
+        None,
+        seed,
+        progress,
+        errors,
+        None,
+        record,
+    )
 
 
 def _run(
@@ -94,50 +142,112 @@ def _run(
     seed: int | None,
     progress: bool | None,
     errors: str,
+    rejuvenation: Any = None,
+    record: bool = False,
 ) -> Posterior:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"particles must be a positive integer, got {n!r}")
     start = time.perf_counter()
     engine = Engine(program, args, kwargs, seed, errors)
     ps = engine.new_particles(n)
+    # resample-move keeps each particle's snapshots and its cumulative log weight at the last
+    # resampling (`carried`): the particle's log weight is reset to 0 there, the MCMC target
+    # needs the whole weight
+    histories: list[list[Snapshot]] | None = [[] for _ in range(n)] if rejuvenation else None
+    carried = np.zeros(n)
+    recorder = Recorder() if record else None
     log_z = 0.0
     ess_steps: list[float] = []
+    log_z_steps: list[float] = []
     resampled: list[int] = []
     ancestors: list[np.ndarray] = []
+    moves = accepted = 0
+    step = 0
     bar = _progress_bar(method, progress)
     try:
+        running = ps
         while True:
             try:
-                engine.advance(ps)
+                engine.advance(running)
             except Exception as e:
                 _note(
-                    e,
-                    f"raised while running {program.__qualname__} under {method} "
-                    f"at step {engine.steps}",
+                    e, f"raised while running {program.__qualname__} under {method} at step {step}"
                 )
                 raise
+            settle(running)
             lw = np.array([p.log_weight for p in ps])
             ess = ess_of(lw)
             ess_steps.append(ess)
-            waiting = any(p.pending is not None and p.log_weight > -math.inf for p in ps)
-            if not waiting:
+            log_z_steps.append(log_z + log_sum_exp(lw) - math.log(n))
+            if recorder is not None:
+                recorder.step(ps, lw)
+            if not any(is_waiting(p) for p in ps):
                 break
             if threshold > 0 and ess < threshold * n:
                 log_z += log_sum_exp(lw) - math.log(n)
-                idx = resampler(engine.rng, normalise(lw), n)
+                idx = np.asarray(resampler(engine.rng, normalise(lw), n))
+                carried = carried[idx] + lw[idx]
                 ps = _resample(ps, idx)
-                resampled.append(engine.steps)
-                ancestors.append(np.asarray(idx))
-            engine.resolve(ps)
+                resampled.append(step)
+                ancestors.append(idx)
+                if recorder is not None:
+                    recorder.resampled(idx)
+                if histories is not None:
+                    histories = [list(histories[i]) for i in idx.tolist()]
+                    ps, histories, carried, k = _rejuvenate(
+                        rejuvenation, engine, ps, histories, carried, step
+                    )
+                    moves += n
+                    accepted += k
+            running = [p for p in ps if is_waiting(p)]
+            if histories is not None:
+                for i, p in enumerate(ps):
+                    if is_waiting(p):
+                        snap = p.fork()
+                        snap.log_weight += carried[i]
+                        histories[i].append(Snapshot(step, snap, p.pending[0] == "sample"))
+            engine.resolve(running)
+            for p in running:
+                untwist(p)
+            step += 1
             if bar is not None:
-                live = sum(p.alive for p in ps)
-                bar.set_postfix_str(f"ESS {ess:.1f}/{n}, {live} running", refresh=False)
+                bar.set_postfix_str(f"ESS {ess:.1f}/{n}, {len(running)} running", refresh=False)
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     log_z += log_sum_exp(lw) - math.log(n)
-    return _posterior(method, engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
+    post = _posterior(method, engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
+    post.stats["steps"] = step
+    post.log_evidence_steps = np.asarray(log_z_steps)
+    if rejuvenation is not None:
+        post.acceptance = np.array([accepted / moves if moves else 0.0])
+    if recorder is not None:
+        post.history = recorder.steps
+    return post
+
+
+def _rejuvenate(
+    kernel: Any,
+    engine: Engine,
+    ps: list[Particle],
+    histories: list[list[Snapshot]],
+    carried: np.ndarray,
+    step: int,
+) -> tuple[list[Particle], list[list[Snapshot]], np.ndarray, int]:
+    """Apply the kernel to every particle, at the cumulative weights the MCMC target needs."""
+    states = []
+    for p, h, c in zip(ps, histories, carried):
+        p.log_weight += c  # 0 since the resampling: now the whole weight
+        states.append(Execution(p, h, step))
+    states, accepted = kernel(engine, states, step)
+    out = []
+    new_carried = np.zeros(len(states))
+    for i, x in enumerate(states):
+        new_carried[i] = x.particle.log_weight
+        x.particle.log_weight = 0.0
+        out.append(x.particle)
+    return out, [x.history for x in states], new_carried, accepted
 
 
 def _resample(ps: list[Particle], idx: np.ndarray) -> list[Particle]:
@@ -202,7 +312,7 @@ def _posterior(
         ess=np.asarray(ess_steps),
         resampled=resampled,
         ancestors=ancestors,
-        traces=[p.trace.to_list() if p.trace is not None else [] for p in ps],
+        traces=[p.to_trace() for p in ps],
         failure=failure,
         diagnostics={"rejected_by": dict(rejected), "errors": dict(raised)},
         stats=stats,
