@@ -3,7 +3,9 @@ same choices (address, value, log probability, statement), the same score and th
 value. Programs mix loops, branches, break/continue, named and unnamed choices, NumPyro and
 Python distributions, observations, factors and sub-program calls."""
 
+import atexit
 import itertools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,7 +36,8 @@ def helper(v):
 
 
 """
-_DIR = Path(tempfile.mkdtemp(prefix="ppl_generated_"))
+_DIR = Path(tempfile.mkdtemp(prefix="ppl_generated_"))  # the compiler reads source files
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 _COUNT = itertools.count()
 
 
