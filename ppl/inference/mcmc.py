@@ -34,8 +34,21 @@ move x' -> x with the same index), so it holds for the mixture over m, whatever 
 * a user proposal: any object with `choose(tokens, rng) -> m` and `log_prob(tokens, m)`, where
   `tokens` is the list of the execution's token `Choice`s (so K = len(tokens)).
 
-Choices that are not language-model tokens are redrawn when the regeneration point before them
-is chosen (the start, for those before the first token).
+Choices that are not language-model tokens (NumPyro latents, `Bernoulli`, ...) are not
+regeneration points of their own: they are redrawn, from their own distributions, whenever a
+regeneration point before them is chosen. A latent drawn before the first token is refreshed
+only by m = 0, which redraws everything; under "token" that move has probability 1/(K+1), under
+"restart" it is the only one. The ratio above covers these choices unchanged: they belong to
+the suffix b, drawn from q(b | a) like the tokens, and any `Proposed` correction they carry is
+part of w.
+
+**Starting points.** Each kernel above leaves pi invariant, so the chain's stationary law is pi
+whatever its starting state of positive weight, provided s(0 | x) > 0 ("token" and "restart":
+m = 0 can propose every execution of positive weight, so the chain is irreducible). `init` only
+changes how far from pi the early states are, i.e. how much `warmup` is needed: "prior" runs
+the program until each chain has an execution of positive weight, "smc" draws the chains' states
+from the final weights of one SMC sweep of `chains` particles (close to pi, and cheap when
+the constraints reject most prior runs), and an MCMC `Posterior` continues its chains.
 
 **PIMH** runs an independent SMC sweep as the proposal and accepts it with probability
 min(1, Z'/Z), the ratio of the sweeps' evidence estimates; the stationary law of the kept
@@ -265,8 +278,21 @@ def mh_step(
     return out, MHInfo(accepted, log_alpha)
 
 
-def mh_init(engine: Engine, chains: int, tries: int = 100) -> list[Execution]:
-    """One execution with positive weight per chain, by running the program until it has one."""
+def mh_init(
+    engine: Engine, chains: int, init: str | Posterior = "prior", tries: int = 100
+) -> list[Execution]:
+    """The chains' starting executions, each of positive weight (see "Starting points")."""
+    if isinstance(init, Posterior):
+        return _init_from(init, engine, chains)
+    if init == "prior":
+        return _init_prior(engine, chains, tries)
+    if init == "smc":
+        return _init_smc(engine, chains)
+    raise ValueError(f"mh: init must be 'prior', 'smc' or a Posterior of an MCMC run, got {init!r}")
+
+
+def _init_prior(engine: Engine, chains: int, tries: int) -> list[Execution]:
+    """Run the program until each chain has an execution with positive weight."""
     states: list[Execution | None] = [None] * chains
     for _ in range(tries):
         todo = [c for c in range(chains) if states[c] is None]
@@ -284,6 +310,67 @@ def mh_init(engine: Engine, chains: int, tries: int = 100) -> list[Execution]:
             f"{tries} runs of the program each; rejections: {_rejections(engine)}"
         )
     return states  # type: ignore[return-value]
+
+
+def _init_smc(engine: Engine, chains: int) -> list[Execution]:
+    """`chains` executions drawn (with replacement) from the final weights of one SMC sweep of
+    `chains` particles; its model calls are the run's first."""
+    runs, lw, _ = smc_sweep(engine, chains)
+    w = normalise(lw)
+    if w.sum() == 0:
+        raise ValueError(
+            f"mh: init='smc': every one of the {chains} particles of the SMC sweep has zero "
+            f"weight; rejections: {_rejections(engine)}"
+        )
+    return [_restart_from(runs[i]) for i in engine.rng.choice(chains, size=chains, p=w)]
+
+
+def _init_from(post: Posterior, engine: Engine, chains: int) -> list[Execution]:
+    """The last states of an MCMC Posterior's chains: chain c goes on from its chain c when the
+    numbers of chains agree, else each chain starts from one of them drawn uniformly."""
+    kept = getattr(post, "_last_states", None)
+    if kept is None:
+        raise ValueError(
+            f"mh: init= takes a Posterior of ppl.mh, ppl.pimh or ppl.pgibbs (they keep the "
+            f"last state of each chain); a {post.method!r} Posterior keeps only values and "
+            "traces: use init='smc' to start from an SMC sample"
+        )
+    (program, args, kwargs), last = kept
+    if program is not engine.program:
+        raise ValueError(
+            f"mh: the init Posterior comes from a run of {program.__qualname__}, "
+            f"not of {engine.program.__qualname__}"
+        )
+    # its snapshots hold the frames of that run: with other arguments the chains would go on
+    # running the old ones
+    if not (_same(args, engine.args) and _same(kwargs, engine.kwargs)):
+        raise ValueError(
+            f"mh: the init Posterior comes from a run of {program.__qualname__} with other "
+            "arguments"
+        )
+    if len(last) == chains:
+        return [_restart_from(x) for x in last]
+    return [_restart_from(last[i]) for i in engine.rng.choice(len(last), size=chains)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Arguments equal element by element (by identity where `==` gives no plain bool)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(map(_same, a, b))
+    if a is b:
+        return True
+    try:
+        eq = a == b
+    except Exception:
+        return False
+    return eq if isinstance(eq, bool) else False
+
+
+def _restart_from(x: Execution) -> Execution:
+    """A chain's own handle on a finished execution (the particle itself is never run again)."""
+    return Execution(x.particle, list(x.history), x.step)
 
 
 def _rejections(engine: Engine) -> str:
@@ -335,6 +422,7 @@ def mh(
     steps: int = 100,
     proposal: str | Proposal = "token",
     warmup: int = 0,
+    init: str | Posterior = "prior",
     seed: int | None = None,
     errors: str = "raise",
     **kwargs: Any,
@@ -344,9 +432,19 @@ def mh(
     Every step, each chain proposes to regenerate its execution from a point chosen by
     `proposal` ("token", "restart" or a user `Proposal`) and accepts with the ratio in the
     module docstring; the chains' regenerations share one batched model call per step.
-    Chains start from executions of the program with positive weight; the first `warmup`
-    states of each chain are dropped. The result has equal weights, `acceptance` per chain and
-    no evidence estimate (`log_evidence` is None).
+    The chains target the program's posterior pi whatever their starting states, which `init`
+    chooses (see "Starting points" in the module docstring):
+
+    * "prior": the program is run until each chain has an execution of positive weight;
+    * "smc": one SMC sweep of `chains` particles (resampling at every step), each chain
+      starting from an execution drawn from its final weights;
+    * a Posterior of `ppl.mh`, `ppl.pimh` or `ppl.pgibbs` on the same program: its chains go
+      on from their last states (drawn uniformly among them when the numbers of chains differ).
+
+    The model calls of the initialisation count in `stats` ("forward_calls", "tokens_fed") and
+    are also given apart ("init_forward_calls", "init_tokens_fed"). The first `warmup` states
+    of each chain are dropped. The result has equal weights, `acceptance` per chain and no
+    evidence estimate (`log_evidence` is None).
     """
     chains = _check_count("chains", chains)
     steps = _check_count("steps", steps)
@@ -354,7 +452,8 @@ def mh(
     prop = get_proposal(proposal)
     engine = Engine(program, args, kwargs, seed, errors)
     start = time.perf_counter()
-    states = mh_init(engine, chains)
+    states = mh_init(engine, chains, init)
+    init_cost = engine.counters()
     kept: list[list[Execution]] = [[] for _ in range(chains)]
     accepted = np.zeros(chains)
     for s in range(warmup + steps):
@@ -363,7 +462,11 @@ def mh(
             accepted += info.accepted
             for c, x in enumerate(states):
                 kept[c].append(x)
-    return _chain_posterior("mh", engine, kept, accepted / steps, start, None)
+    post = _chain_posterior("mh", engine, kept, accepted / steps, start, None)
+    post.stats["init"] = init if isinstance(init, str) else f"{init.method} Posterior"
+    post.stats["init_forward_calls"] = init_cost["forward_calls"]
+    post.stats["init_tokens_fed"] = init_cost["tokens_fed"]
+    return post
 
 
 def _chain_posterior(
@@ -376,7 +479,7 @@ def _chain_posterior(
 ) -> Posterior:
     flat = [x for chain in kept for x in chain]
     n = len(flat)
-    return Posterior(
+    post = Posterior(
         method=method,
         values=[x.particle.value for x in flat],
         log_weights=np.full(n, -math.log(n)),
@@ -393,6 +496,13 @@ def _chain_posterior(
             **engine.counters(),
         },
     )
+    # what `mh(init=post)` goes on from: one execution per chain, not every kept state, so that
+    # the Posterior does not hold every state's contexts (and their KV caches) alive
+    post._last_states = (
+        (engine.program, engine.args, engine.kwargs),
+        [chain[-1] for chain in kept if chain],
+    )
+    return post
 
 
 def smc_sweep(

@@ -16,45 +16,21 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
 import ppl
 from ppl import condition, program, sample
 from ppl.distributions import Bernoulli
 from ppl.inference.engine import Engine
-from ppl.inference.mcmc import Execution, Restart, UniformToken, mh_step, run_forward
-from tests.inference.toy import exact_posterior, no_double_a
+from ppl.inference.mcmc import Restart, UniformToken, mh_init, mh_step
+from tests.inference.checks import (
+    chi_square_pvalue,
+    exact_chains,
+    frequencies,
+    tv_and_bound,
+)
+from tests.inference.toy import exact_posterior, no_double_a, toy_lm
 
 Z_EXACT, P_EXACT = exact_posterior()
-OUTCOMES = sorted(P_EXACT)
-
-
-def exact_chains(engine: Engine, chains: int) -> list[Execution]:
-    """Executions drawn exactly from the posterior by rejection: every weight of `no_double_a`
-    is <= 0 (conditions and a negative factor), so keeping a prior draw with probability
-    exp(w) yields an exact posterior draw."""
-    out: list[Execution] = []
-    while len(out) < chains:
-        runs = [Execution(p) for p in engine.new_particles(4 * chains)]
-        run_forward(engine, runs)
-        for r in runs:
-            if len(out) < chains and math.log(engine.rng.random()) < r.log_weight:
-                out.append(r)
-    return out
-
-
-def chi_square_pvalue(values: list[str]) -> float:
-    """p-value of the counts of `values` against the exact posterior; outcomes with expected
-    count below 5 are pooled into one cell so the chi-square approximation holds."""
-    n = len(values)
-    counts = {x: 0 for x in OUTCOMES}
-    for v in values:
-        counts[v] += 1
-    big = [x for x in OUTCOMES if n * P_EXACT[x] >= 20]
-    small = [x for x in OUTCOMES if n * P_EXACT[x] < 20]
-    obs = [counts[x] for x in big] + [sum(counts[x] for x in small)]
-    exp = [n * P_EXACT[x] for x in big] + [n * sum(P_EXACT[x] for x in small)]
-    return float(stats.chisquare(obs, exp).pvalue)
 
 
 class LastToken:
@@ -92,28 +68,6 @@ def test_stationarity_check_detects_a_wrong_acceptance_ratio():
     assert chi_square_pvalue([x.particle.value for x in states]) < 1e-3
 
 
-def _tv_bound(per_chain: np.ndarray) -> tuple[float, float]:
-    """TV of the pooled estimate from the exact posterior, and its bound from the between-chain
-    standard error (mean of |N(0, se^2)| plus 4 standard deviations of the sum, as in
-    test_exactness.py)."""
-    pooled = per_chain.mean(axis=0)
-    se = per_chain.std(axis=0, ddof=1) / math.sqrt(len(per_chain))
-    exact = np.array([P_EXACT[x] for x in OUTCOMES])
-    tv = 0.5 * np.abs(pooled - exact).sum()
-    bound = 0.5 * (
-        math.sqrt(2 / math.pi) * se.sum() + 4 * math.sqrt((1 - 2 / math.pi) * (se**2).sum())
-    )
-    return float(tv), float(bound)
-
-
-def _frequencies(values: list[str]) -> np.ndarray:
-    out = np.zeros(len(OUTCOMES))
-    index = {x: i for i, x in enumerate(OUTCOMES)}
-    for v in values:
-        out[index[v]] += 1
-    return out / len(values)
-
-
 @pytest.mark.statistical
 @pytest.mark.parametrize("proposal", ["token", "restart"])
 def test_mh_matches_the_exact_posterior(proposal):
@@ -121,16 +75,16 @@ def test_mh_matches_the_exact_posterior(proposal):
     assert post.num_particles == 12 * 400 and post.log_evidence is None
     assert 0 < post.acceptance_rate <= 1
     per_chain = np.array(
-        [_frequencies([v for v, c in zip(post.values, post.chain) if c == k]) for k in range(12)]
+        [frequencies([v for v, c in zip(post.values, post.chain) if c == k]) for k in range(12)]
     )
-    tv, bound = _tv_bound(per_chain)
+    tv, bound = tv_and_bound(per_chain)
     assert tv < bound, (tv, bound)
 
 
 @pytest.mark.statistical
 def test_pimh_matches_the_exact_posterior_and_its_evidence_is_unbiased():
     posts = [ppl.pimh(no_double_a, particles=5, steps=60, seed=100 + r) for r in range(12)]
-    tv, bound = _tv_bound(np.array([_frequencies(p.values) for p in posts]))
+    tv, bound = tv_and_bound(np.array([frequencies(p.values) for p in posts]))
     assert tv < bound, (tv, bound)
     # each run's evidence is a mean of 60 independent unbiased SMC estimates; 4 standard errors
     z = np.array([math.exp(p.log_evidence) for p in posts])
@@ -141,7 +95,7 @@ def test_pimh_matches_the_exact_posterior_and_its_evidence_is_unbiased():
 def test_particle_gibbs_matches_the_exact_posterior():
     posts = [ppl.pgibbs(no_double_a, particles=4, steps=120, seed=200 + r) for r in range(12)]
     assert all(0 < p.acceptance_rate <= 1 for p in posts)
-    tv, bound = _tv_bound(np.array([_frequencies(p.values[20:]) for p in posts]))
+    tv, bound = tv_and_bound(np.array([frequencies(p.values[20:]) for p in posts]))
     assert tv < bound, (tv, bound)
 
 
@@ -220,3 +174,56 @@ def test_mh_same_seed_same_chains():
     a = ppl.mh(no_double_a, chains=3, steps=30, seed=9)
     b = ppl.mh(no_double_a, chains=3, steps=30, seed=9)
     assert a.values == b.values and np.array_equal(a.acceptance, b.acceptance)
+
+
+@pytest.mark.statistical
+def test_chains_started_from_smc_follow_the_posterior_from_their_first_step():
+    # init="smc" draws each chain's start from an SMC sweep of 1500 particles (bias O(1/N)),
+    # then one move keeps the law: the 1500 states are independent draws close to the exact
+    # posterior, chi-square at 1e-3. The prior start (constraint met, factor ignored) fails the
+    # same check, so the check sees where chains start.
+    smc = ppl.mh(no_double_a, chains=1500, steps=1, init="smc", seed=3)
+    assert chi_square_pvalue(smc.values) > 1e-3
+    assert smc.stats["init"] == "smc" and 0 < smc.stats["init_forward_calls"] <= 4
+    assert smc.stats["forward_calls"] > smc.stats["init_forward_calls"]
+    prior = ppl.mh(no_double_a, chains=1500, steps=1, init="prior", seed=3)
+    assert chi_square_pvalue(prior.values) < 1e-3
+
+
+def test_mh_goes_on_from_the_last_states_of_an_mcmc_posterior():
+    first = ppl.mh(no_double_a, chains=3, steps=5, seed=1)
+    engine = Engine(no_double_a, (), {}, seed=2)
+    last = [[v for v, c in zip(first.values, first.chain) if c == k][-1] for k in range(3)]
+    assert [x.particle.value for x in mh_init(engine, 3, first)] == last
+    # a different number of chains: each starts from one of those last states
+    assert {x.particle.value for x in mh_init(engine, 5, first)} <= set(last)
+    pimh = ppl.pimh(no_double_a, particles=4, steps=3, seed=0)
+    more = ppl.mh(no_double_a, chains=2, steps=4, init=pimh, seed=0)
+    assert more.stats["init_forward_calls"] == 0 and more.stats["init"] == "pimh Posterior"
+
+
+def test_bad_starting_points_are_reported():
+    with pytest.raises(ValueError, match="init must be 'prior', 'smc' or a Posterior"):
+        ppl.mh(no_double_a, init="nope")
+    with pytest.raises(ValueError, match="a 'smc' Posterior keeps only values.*init='smc'"):
+        ppl.mh(no_double_a, init=ppl.smc(no_double_a, particles=4, seed=0))
+
+    @program
+    def other():
+        return sample(Bernoulli(0.5))
+
+    with pytest.raises(ValueError, match=r"comes from a run of .*other, not of no_double_a"):
+        ppl.mh(no_double_a, init=ppl.mh(other, chains=2, steps=2, seed=0))
+
+    with pytest.raises(ValueError, match="no_double_a with other arguments"):
+        ppl.mh(no_double_a, 3, init=ppl.mh(no_double_a, 2, chains=2, steps=2, seed=0))
+
+    @program
+    def impossible_after_tokens():
+        ctx = toy_lm.context("")
+        ctx = ctx + sample(ctx.next_token())
+        condition(False)
+        return ctx.text
+
+    with pytest.raises(ValueError, match="init='smc': every one of the 4 particles"):
+        ppl.mh(impossible_after_tokens, chains=4, init="smc", seed=0)
