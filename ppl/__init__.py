@@ -19,8 +19,9 @@ def story(prompt):
 posterior = ppl.smc(story, "Once upon a time", particles=16, seed=0)
 """
 
-from ppl import distributions, handlers, models
+from ppl import constraints, distributions, handlers, models
 from ppl.compiler import CompileError, Program, program
+from ppl.constraints import ConstraintError, Grammar, JSONSchema, Regex, generate
 from ppl.context import Context, NextToken, Token
 from ppl.inference import (
     InferenceWarning,
@@ -68,4 +69,10 @@ __all__ = [
     "NextToken",
     "distributions",
     "models",
+    "constraints",
+    "Grammar",
+    "Regex",
+    "JSONSchema",
+    "ConstraintError",
+    "generate",
 ]

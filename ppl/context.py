@@ -196,9 +196,18 @@ class Context:
         """Number of tokens added after the prompt."""
         return self._chain.length if self._chain is not None else 0
 
-    def next_token(self) -> NextToken:
-        """The model's distribution over the token that follows this context."""
-        return NextToken(self)
+    def next_token(self, constraint: Any = None, *, where: Any = None) -> NextToken:
+        """The model's distribution over the token that follows this context.
+
+        With `constraint` (a `ppl.Grammar`, `ppl.Regex` or `ppl.JSONSchema`) and/or `where` (a
+        predicate on the text after the token), the distribution is restricted to the allowed
+        tokens, exactly: see `ppl.constraints`.
+        """
+        if constraint is None and where is None:
+            return NextToken(self)
+        from ppl.constraints.tokens import ConstrainedNextToken
+
+        return ConstrainedNextToken(self, constraint, where)
 
     def logprobs(self) -> torch.Tensor:
         """Next-token log-probabilities (computes them now if they are not known yet)."""
