@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import llguidance
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 # llguidance marks a token as special (never matched by grammar text) through this id list
 _SENTINEL_EOS = b"\xff[eos]"
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 # llguidance's pool takes 80% of the cores: a parallel call pays off from four cores up
 _PARALLEL = (os.cpu_count() or 1) >= 4
 
@@ -108,7 +108,10 @@ class ModelMasks:
         else:
             for i, m in enumerate(matchers):
                 m.unsafe_compute_mask_ptr(base + i * size, size)
-        bits = ((packed.unsqueeze(-1) >> _SHIFTS) & 1).view(n, -1)[:, : self.vocab_size].bool()
+        # bit j of word w is token 32 w + j: little-endian words, bits unpacked low first
+        words = packed.numpy().view(np.uint32).astype("<u4", copy=False)
+        unpacked = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")
+        bits = torch.from_numpy(unpacked[:, : self.vocab_size]).view(torch.bool)
         if len(self.eos_ids):
             accepting = torch.tensor([m.is_accepting() and not m.is_error() for m in matchers])
             bits[:, self.eos_ids] = accepting.unsqueeze(1)
