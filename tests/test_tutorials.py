@@ -49,3 +49,25 @@ def test_short_words(embedded_lm, capsys):
     prompt_len = len(embedded_lm.encode(embedded_lm.chat("Tell me a story.")))
     assert post.stats["tokens_fed"] == prompt_len + sum(1 for seq in requested if seq)
     assert post.stats["forward_calls"] == post.stats["steps"]
+
+
+@pytest.mark.slow
+def test_constrained(embedded_lm, capsys):
+    tutorial = load_tutorial("constrained")
+    sums, people = tutorial.main(particles=8, seed=0, lm=embedded_lm)
+    out = capsys.readouterr().out
+    assert "parse tree of" in out and "parsed:" in out
+
+    assert math.isfinite(sums.log_evidence) and sums.log_evidence < 0
+    finished = [t for t, w in zip(sums.values, sums.weights) if w > 0]
+    assert finished
+    for text in finished:
+        assert len(text) < 20, text
+        tutorial.ARITHMETIC.parse(text)  # raises if the text is outside the grammar
+
+    assert math.isfinite(people.log_evidence) and people.log_evidence < 0
+    objects = [t for t, w in zip(people.values, people.weights) if w > 0]
+    assert objects
+    for text in objects:
+        value = tutorial.PERSON.parse(text)
+        assert isinstance(value["name"], str) and isinstance(value["age"], int), text
