@@ -26,5 +26,6 @@ def generate(context, constraint=None, where=None, max_tokens=256, keep_unfinish
         ctx = ctx + tok
         if tok.is_eos:
             return ctx.text
-    condition(keep_unfinished)
+    # a run in which no particle finishes reports this line, comment included
+    condition(keep_unfinished)  # max_tokens reached without EOS; keep_unfinished=True keeps it
     return ctx.text

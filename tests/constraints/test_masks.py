@@ -105,6 +105,27 @@ def test_a_dead_end_gives_weight_zero_and_the_run_goes_on():
     assert all(PARENS.matches(v) for v, ok in zip(post.values, alive) if ok)
 
 
+def test_generate_says_when_no_particle_finished_within_max_tokens():
+    # "(" then "(" ... : one token is never a whole string of the language
+    with pytest.warns(ppl.InferenceWarning, match="max_tokens reached without EOS"):
+        post = ppl.smc(
+            ppl.generate, toy_lm.context(""), constraint=PARENS, max_tokens=1, particles=8
+        )
+    assert post.log_evidence == -math.inf
+    assert "max_tokens reached without EOS" in post.failure
+    kept = ppl.smc(
+        ppl.generate,
+        toy_lm.context(""),
+        constraint=PARENS,
+        max_tokens=1,
+        keep_unfinished=True,
+        particles=8,
+        seed=0,
+    )
+    assert math.isfinite(kept.log_evidence)
+    assert all(re.fullmatch(r"\(|a|b|ab", v) for v in kept.values)
+
+
 def test_a_model_without_eos_and_direct_runs():
     lm = FunctionLM(["x", "y"], lambda prefix: [0.5, 0.5])
     g = ppl.Regex("x+y")
