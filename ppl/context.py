@@ -236,6 +236,38 @@ class Context:
         return f"Context(prompt={self._prompt[-30:]!r}, text={shown!r})"
 
 
+def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(rows)` for next-token rows, without the copy where it can be avoided.
+
+    The rows of one batched model call are views of one `[n, V]` tensor. When `rows` are all
+    of them, in order, that tensor is the answer as it is; when they are some of them (a
+    context repeated, some left out), one `index_select` gathers them. Other rows are stacked.
+    Callers must not write into the result.
+    """
+    first = rows[0]
+    base = first._base
+    if (
+        base is not None
+        and first.dim() == 1
+        and base.dim() == 2
+        and base.is_contiguous()
+        and base.shape[1] == first.shape[0]
+    ):
+        width = base.stride(0)
+        offset0 = base.storage_offset()
+        index = []
+        for r in rows:
+            row, rest = divmod(r.storage_offset() - offset0, width)
+            if r._base is not base or rest or r.shape != first.shape or r.stride(0) != 1:
+                break
+            index.append(row)
+        else:
+            if index == list(range(len(base))):
+                return base
+            return base.index_select(0, torch.tensor(index))
+    return torch.stack(list(rows))
+
+
 def draw_rows(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One index per row of `probs` (`[n, V]`, non-negative, unnormalised), drawn in proportion
     to the row, and the rows' totals (float64).
@@ -289,7 +321,7 @@ class NextToken:
         Returns, per distribution, `(token, log p(token), log weight increment)`: the increment
         is log p - log q when the token was drawn from a proposal q instead of p.
         """
-        rows = torch.stack([d.context._logprobs for d in dists])
+        rows = stack_rows([d.context._logprobs for d in dists])
         ids, _ = draw_rows(rows.exp(), generator)
         log_p = rows.gather(1, ids.unsqueeze(1))[:, 0].tolist()
         return [
@@ -337,8 +369,8 @@ class TokenProposal(NextToken):
     def _draw_batch(
         cls, dists: Sequence[NextToken], generator: torch.Generator
     ) -> list[tuple[Token, float, float]]:
-        target = torch.stack([d.context._logprobs for d in dists]).double()
-        q = torch.stack([d.proposal._logprobs for d in dists]).double()  # type: ignore[attr-defined]
+        target = stack_rows([d.context._logprobs for d in dists]).double()
+        q = stack_rows([d.proposal._logprobs for d in dists]).double()  # type: ignore[attr-defined]
         ids, _ = draw_rows(q.exp(), generator)
         rows = torch.arange(len(dists))
         log_p = target[rows, ids].tolist()

@@ -165,3 +165,17 @@ def test_context_inside_a_program_under_smc_counts_tokens():
     assert post.stats["tokens_fed"] == 4 + (len(fed) - 1)
     assert post.stats["forward_calls"] == 5
     assert all(isinstance(v, str) for v in post.values)
+
+
+def test_stack_rows_uses_the_batch_tensor_and_matches_torch_stack():
+    from ppl.context import stack_rows
+
+    batch = torch.randn(5, 7)
+    rows = list(batch)
+    assert stack_rows(rows) is batch  # all rows, in order: no copy
+    for picked in ([rows[3], rows[1], rows[1]], [rows[4]], [rows[0], torch.randn(7)]):
+        assert torch.equal(stack_rows(picked), torch.stack(picked))
+    wider = list(torch.randn(4, 9)[:, :7])  # rows of a view whose base is wider
+    assert torch.equal(stack_rows(wider), torch.stack(wider))
+    loose = [torch.randn(7), torch.randn(7)]
+    assert torch.equal(stack_rows(loose), torch.stack(loose))

@@ -30,7 +30,7 @@ import torch
 
 from ppl.constraints import predicate as _predicate
 from ppl.constraints.grammar import Constraint
-from ppl.context import Context, NextToken, Token, _decode_complete, draw_rows
+from ppl.context import Context, NextToken, Token, _decode_complete, draw_rows, stack_rows
 
 Predicate = Callable[[str], Any]
 
@@ -93,7 +93,7 @@ class ConstrainedNextToken(NextToken):
         cls, dists: Sequence[NextToken], generator: torch.Generator
     ) -> list[tuple[Token, float, float]]:
         """One token per distribution: masks in one batched call per (constraint, model)."""
-        full = torch.stack([d.context._logprobs for d in dists])
+        full = stack_rows([d.context._logprobs for d in dists])
         probs = full.exp()
         allowed = _allowed(dists)  # type: ignore[arg-type]
         if allowed is not None:
