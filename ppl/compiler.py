@@ -149,8 +149,23 @@ class Program:
     def __deepcopy__(self, memo: dict) -> Program:
         return self
 
+    def __reduce__(self) -> tuple:
+        # to another process (a Ray worker): the function and its parsed source, so the program
+        # compiles there without reading its file; the compiled blocks are not sent
+        return (_unpickle_program, (self.fn, self._source, self.fixed))
+
     def __repr__(self) -> str:
         return f"<ppl.program {self.__qualname__}>"
+
+
+def _unpickle_program(fn: Callable, source: _Source, fixed: dict[str, Any] | None) -> Program:
+    p = Program.__new__(Program)
+    functools.update_wrapper(p, fn)
+    p.fn = fn
+    p.fixed = fixed
+    p._code = None
+    p._source = source
+    return p
 
 
 def program(fn: Callable) -> Program:

@@ -162,8 +162,8 @@ class Engine:
         self.kwargs = kwargs
         self.errors = errors
         self.seed, self.rng, self.torch_gen = generators(seed)
-        self.lms: list[Any] = []  # language models met, for their counters
-        self._counters_at_start: dict[int, tuple[int, int]] = {}
+        self.forward_calls = 0  # model calls made for this run's particles
+        self.tokens_fed = 0
         self.steps = 0
         self.rejections: list[Site] = []  # the statement that killed each rejected particle
         self.errors_seen: Counter[str] = Counter()  # errors of dropped particles (errors="drop")
@@ -327,10 +327,9 @@ class Engine:
             for ctx in p.pending[1]._contexts():
                 by_lm.setdefault(id(ctx.lm), (ctx.lm, []))[1].append(ctx)
         for lm, contexts in by_lm.values():
-            if id(lm) not in self._counters_at_start:
-                self.lms.append(lm)
-                self._counters_at_start[id(lm)] = (lm.forward_calls, lm.tokens_fed)
-            lm.compute_logprobs(contexts)
+            fed = lm.compute_logprobs(contexts)
+            self.forward_calls += fed.calls
+            self.tokens_fed += fed.tokens
         # draws, batched by kind of token distribution (plain, proposal, constrained, ...)
         kinds: dict[Any, list[Particle]] = {}
         for p in waiting:
@@ -357,12 +356,12 @@ class Engine:
         return len(waiting)
 
     def counters(self) -> dict[str, int]:
-        """Model calls and tokens fed during this run."""
-        start = self._counters_at_start
-        return {
-            "forward_calls": sum(lm.forward_calls - start[id(lm)][0] for lm in self.lms),
-            "tokens_fed": sum(lm.tokens_fed - start[id(lm)][1] for lm in self.lms),
-        }
+        """Model calls made and tokens fed for this run's particles.
+
+        Under `ppl.map` a call is shared with other inputs: it counts for each input that had
+        rows in it, and a token that several inputs needed counts for the first of them.
+        """
+        return {"forward_calls": self.forward_calls, "tokens_fed": self.tokens_fed}
 
 
 def _fixed_value(fixed: Fixed, address: str) -> Any:

@@ -19,12 +19,28 @@ from __future__ import annotations
 
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import Any, NamedTuple
 
 import torch
 
 from ppl.context import Context, Token
+
+
+class Fed(NamedTuple):
+    """What feeding some contexts cost: batched model calls made and tokens given to the model."""
+
+    calls: int
+    tokens: int
+
+
+#: Where `compute_logprobs` sends its contexts instead of the model, when set: a function
+#: `(lm, contexts) -> Fed`. `ppl.map` sets it in each input's own execution context, so the
+#: model calls of many runs in flight are answered by one batched call (`ppl.workloads.batch`).
+SHARED_CALLS: ContextVar[Callable[[LanguageModel, Sequence[Context]], Fed] | None] = ContextVar(
+    "ppl_shared_calls", default=None
+)
 
 
 class LanguageModel(ABC):
@@ -117,11 +133,31 @@ class LanguageModel(ABC):
         self.tokens_fed += sum(len(t) for t in new_tokens)
         return self._extend(parents, new_tokens)
 
-    def compute_logprobs(self, contexts: Sequence[Context]) -> None:
+    def compute_logprobs(self, contexts: Sequence[Context], *, max_rows: int | None = None) -> Fed:
         """Make sure every context knows its next-token log-probabilities: one batched call.
 
         Contexts already fed cost nothing. Contexts that hold the same tokens after the same
-        fed state (the same object, or particles that drew the same token) are fed once.
+        fed state (the same object, or particles that drew the same token) are fed once. With
+        `max_rows`, the rows are fed in calls of at most that many. Under `ppl.map` the call is
+        shared with the other inputs in flight (`SHARED_CALLS`). Returns what it cost.
+        """
+        shared = SHARED_CALLS.get()
+        if shared is not None:
+            return shared(self, contexts)
+        groups = list(self.unfed(contexts).values())
+        calls = tokens = 0
+        step = max_rows or len(groups) or 1
+        for start in range(0, len(groups), step):
+            tokens += self.feed(groups[start : start + step])
+            calls += 1
+        return Fed(calls, tokens)
+
+    def unfed(
+        self, contexts: Sequence[Context]
+    ) -> dict[tuple[int, tuple[int, ...]], list[Context]]:
+        """The contexts that need a model call, grouped by the row that feeds them.
+
+        Keyed by (the fed state they extend, the tokens they add), in order of first appearance.
         """
         todo: dict[tuple[int, tuple[int, ...]], list[Context]] = {}
         for ctx in contexts:
@@ -134,16 +170,19 @@ class LanguageModel(ABC):
                         "give lm.context() a prompt, or a model that adds a BOS token"
                     )
                 todo.setdefault((id(ctx._base), ctx._pending), []).append(ctx)
-        if not todo:
-            return
-        groups = list(todo.values())
-        states, logprobs = self.extend(
-            [g[0]._base for g in groups], [list(g[0]._pending) for g in groups]
-        )
+        return todo
+
+    def feed(self, groups: Sequence[list[Context]]) -> int:
+        """One batched call, a row per group of `unfed`; returns the tokens fed."""
+        if not groups:
+            return 0
+        new_tokens = [list(g[0]._pending) for g in groups]
+        states, logprobs = self.extend([g[0]._base for g in groups], new_tokens)
         for group, state, row in zip(groups, states, logprobs):
             for ctx in group:
                 if ctx._logprobs is None:  # the same object may appear more than once
                     ctx._set_fed(state, row)
+        return sum(len(t) for t in new_tokens)
 
     def reset_counters(self) -> None:
         self.tokens_fed = 0
@@ -151,6 +190,17 @@ class LanguageModel(ABC):
 
     def __deepcopy__(self, memo: dict) -> LanguageModel:
         return self  # models are shared, never copied, when a particle forks
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled (to another process) without the contexts alive in this one
+        state = self.__dict__.copy()
+        state["_roots"] = None
+        state["_token_cache"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._roots = weakref.WeakValueDictionary()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
