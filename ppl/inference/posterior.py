@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -289,6 +291,52 @@ class Posterior:
             name: np.stack([np.asarray(vals)[o] for o in order]) for name, vals in columns.items()
         }
         return arviz.from_dict(posterior=posterior)
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as strict JSON data; `Posterior.from_dict` gives it back.
+
+        The format is in `ppl.inference.serialize` and docs/inference.md. Compact
+        `json.dumps(post.to_dict(), allow_nan=False)` is one line: one run per line of a JSONL.
+        """
+        from ppl.inference.serialize import posterior_to_dict
+
+        return posterior_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, allow_pickle: bool = True) -> Posterior:
+        """The posterior that `to_dict` wrote as `d` (ValueError if `d` is not one).
+
+        Tokens come back as `TokenRecord`s and jax arrays as numpy arrays. `allow_pickle=False`
+        refuses values that were pickled (unpickling can run any code).
+        """
+        from ppl.inference.serialize import posterior_from_dict
+
+        return posterior_from_dict(d, allow_pickle=allow_pickle)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write `to_dict()` to `path` as indented UTF-8 JSON."""
+        d = self.to_dict()
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(d, f, indent=1, allow_nan=False, ensure_ascii=False)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, allow_pickle: bool = True) -> Posterior:
+        """The posterior that `save` wrote to `path`.
+
+        Raises ValueError, naming `path`, when the file is not a saved ppl posterior.
+        """
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{os.fspath(path)}: not a ppl posterior (not JSON: {e})") from e
+        try:
+            return cls.from_dict(d, allow_pickle=allow_pickle)
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)}: {e}") from e
 
     def __repr__(self) -> str:
         z = "None" if self.log_evidence is None else f"{self.log_evidence:.4f}"
