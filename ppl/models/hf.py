@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ppl.models.base import LanguageModel
+from ppl.models.spec import ModelSpec, _build_spec, is_plain, register
 
 # -- devices and dtypes --------------------------------------------------------------------------
 
@@ -225,7 +226,14 @@ class HFModel(LanguageModel):
     Use `HFModel.from_pretrained(name_or_path)` or wrap a loaded model: `HFModel(model, tokenizer)`.
     Supported: decoder-only models whose layers all use full attention with a `DynamicCache`
     (Llama, Qwen2, Phi-3, SmolLM, ...). The model is put in eval mode; inputs go to its device.
+
+    A model loaded by `from_pretrained` (with plain keyword values) records how as `spec` and
+    pickles as that spec; one wrapped from an in-memory model has `spec = None` and does not
+    pickle.
     """
+
+    #: how to build this model again in another process (`ppl.models.spec`), if known
+    spec: ModelSpec | None = None
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         super().__init__()
@@ -291,12 +299,18 @@ class HFModel(LanguageModel):
             gguf_file: a GGUF file in `name_or_path` to load model and tokenizer from.
             kwargs: passed to `AutoModelForCausalLM.from_pretrained`; the Hub options among them
                 (revision, token, cache_dir, ...) to the tokenizer too.
+
+        When every keyword value is plain (str, number, None, tuple), the model records its
+        `spec` with the resolved device and dtype, and pickles as that spec.
         """
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
+        options = dict(kwargs)  # before the dtype and gguf_file keys below are added
+        if gguf_file is not None:
+            options["gguf_file"] = gguf_file
         shared = {
             k: kwargs[k]
             for k in (
@@ -317,7 +331,10 @@ class HFModel(LanguageModel):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
-        return cls(model, tokenizer)
+        lm = cls(model, tokenizer)
+        if all(is_plain(v) for v in options.values()):
+            register(lm, ModelSpec("hf", name_or_path, dtype, device, options))
+        return lm
 
     # -- the protocol ----------------------------------------------------------------------------
 
@@ -506,3 +523,19 @@ class HFModel(LanguageModel):
 
     def __repr__(self) -> str:
         return f"HFModel({self._name()!r}, vocab_size={self.vocab_size}, device={self.device})"
+
+    # -- pickling and copying --------------------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a model travels as its spec: the receiving process builds it (once) from the spec
+        if self.spec is None:
+            raise TypeError(
+                f"cannot pickle HFModel({self._name()!r}): it was wrapped from an in-memory "
+                "model, so another process could not rebuild it. Make it with "
+                'ppl.models.spec("hf", name_or_path, dtype=..., device=..., **options).build() '
+                "(or HFModel.from_pretrained with plain keyword values, or ppl.models.load())"
+            )
+        return (_build_spec, (self.spec,))
+
+    def __copy__(self) -> HFModel:
+        return self  # shared like `__deepcopy__`, rather than rebuilt through `__reduce__`
