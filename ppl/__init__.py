@@ -38,6 +38,7 @@ from ppl.inference import (
 from ppl.inference.nuts import nuts
 from ppl.primitives import condition, factor, observe, sample, twist
 from ppl.trace import Choice, Trace
+from ppl.workloads import imap, map
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,8 @@ __all__ = [
     "twist",
     "importance",
     "nuts",
+    "map",
+    "imap",
     "Trace",
     "Choice",
     "handlers",

@@ -1,0 +1,12 @@
+"""Workloads: one inference method over many inputs (`ppl.map`, `ppl.imap`), on this machine or
+on Ray workers, with a checkpoint file that loses nothing.
+
+* `run`: `map` and `imap`, what an item is, its seed and its result.
+* `batch`: the shared step: the runs in flight share each batched model call.
+* `checkpoint`: the JSONL file of finished items.
+* `cluster`: Ray workers (the optional extra `ppl-lm[ray]`).
+"""
+
+from ppl.workloads.run import ItemError, Results, imap, map
+
+__all__ = ["map", "imap", "Results", "ItemError"]

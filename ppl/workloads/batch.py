@@ -1,0 +1,216 @@
+"""Many runs in flight, one batched model call per step: the shared step behind `ppl.map`.
+
+Every inference entry point (`ppl.smc`, `ppl.mh`, ...) is an ordinary function that, at each
+step, hands its particles' contexts to `LanguageModel.compute_logprobs`. `SharedSteps` runs one
+such call per input, each in its own greenlet (a coroutine that can suspend anywhere in plain
+Python code), and routes their model calls here through `ppl.models.base.SHARED_CALLS`:
+
+* A run that needs the model suspends with its request. When every run in flight has either
+  suspended or finished, the requests are served together: for each language model, the rows
+  all of them need (deduplicated: runs that feed the same tokens after the same state share a
+  row) go through one batched forward pass, in calls of at most `rows` rows. Each run then
+  resumes with its own contexts fed, in the order the runs started.
+* Nothing else is shared. Each run keeps its own random generators (its own seed), weights,
+  resampling and evidence; it sees exactly the log-probabilities it would see alone, so a run
+  under `SharedSteps` makes the same choices as the same call made by itself. On a model whose
+  rows do not depend on their batch (the test models) that holds bit for bit; a transformers
+  model computes a row with float arithmetic whose rounding may change with the batch's shape
+  (a different padding length or batch size picks other kernels), which can change a draw
+  whose probability sat at a rounding boundary.
+* Continuous batching: a run that finishes makes room at once, and the next input starts (runs
+  to its first model call) before the next shared call, so the batch stays full.
+
+Costs are attributed per run (`Fed`): a shared call counts once for each run that had rows in
+it, and a row that several runs needed counts its tokens for the first of them, so the runs'
+token counts add up to the tokens the model was fed.
+
+Scheduling is step-synchronous and deterministic: no timers, no threads; the shared call is made
+exactly when no run can go on without it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from greenlet import greenlet
+
+from ppl import primitives
+from ppl.context import Context
+from ppl.models.base import SHARED_CALLS, Fed, LanguageModel
+
+
+@dataclass
+class Outcome:
+    """How one job ended: its return value, or the exception it raised with its traceback.
+
+    `error_text` ("TypeError: message") stands in for `error` where the exception itself could
+    not travel (from another process).
+    """
+
+    value: Any = None
+    error: BaseException | None = None
+    traceback: str = ""
+    error_text: str = ""
+
+
+@dataclass
+class _Request:
+    run: greenlet
+    lm: LanguageModel
+    contexts: Sequence[Context]
+
+
+class SharedSteps:
+    """Runs jobs (functions of no arguments) with their model calls batched together.
+
+    Args:
+        rows: at most this many rows in one forward pass (None: no limit).
+        in_flight: at most this many jobs started and not finished.
+    """
+
+    def __init__(self, rows: int | None = None, in_flight: int = 8) -> None:
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise ValueError(f"rows must be a positive integer or None, got {rows!r}")
+        if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
+            raise ValueError(f"in_flight must be a positive integer, got {in_flight!r}")
+        self.rows = rows
+        self.in_flight = in_flight
+        self.forward_calls = 0  # shared calls made, all runs together
+        self.tokens_fed = 0
+
+    def run(self, jobs: Iterable[tuple[Any, Callable[[], Any]]]) -> Iterator[tuple[Any, Outcome]]:
+        """Run `(key, job)` pairs; yield `(key, Outcome)` as each job finishes.
+
+        A job that raises an `Exception` yields it in its `Outcome`; the others go on. Other
+        exceptions (KeyboardInterrupt, ...) stop everything.
+        """
+        hub = greenlet.getcurrent()
+        outside = _language_state()  # what a run finds when it starts or the hub resumes
+        pending = iter(jobs)
+        keys: dict[greenlet, Any] = {}
+        requests: list[_Request] = []
+        finished: list[tuple[Any, Outcome]] = []
+
+        def settle(run: greenlet, out: Any) -> None:
+            """Record where a run stopped: at a request, or at its end."""
+            if run.dead:
+                finished.append((keys.pop(run), out))
+            else:
+                requests.append(out)
+
+        exhausted = False
+        while True:
+            while not exhausted and len(keys) < self.in_flight:
+                try:
+                    key, job = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                run = greenlet(_job_body(job, hub, outside), parent=hub)
+                keys[run] = key
+                settle(run, run.switch())
+            yield from finished
+            finished.clear()
+            if not keys:
+                return
+            served, requests = requests, []
+            for request, result in zip(served, self._serve(served)):
+                if isinstance(result, BaseException):
+                    out = request.run.throw(result)
+                else:
+                    out = request.run.switch(result)
+                settle(request.run, out)
+
+    def _serve(self, requests: list[_Request]) -> list[Fed | BaseException]:
+        """Feed every request's contexts, one shared call per model; the cost of each request."""
+        results: list[Fed | BaseException] = [Fed(0, 0)] * len(requests)
+        by_lm: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_lm.setdefault(id(r.lm), []).append(i)
+        for members in by_lm.values():
+            lm = requests[members[0]].lm
+            try:
+                self._feed_together(lm, [(i, requests[i].contexts) for i in members], results)
+            except Exception:
+                # the error belongs to some request's contexts: feed each request alone, so
+                # that only the ones that fail get the error
+                for i in members:
+                    try:
+                        self._feed_together(lm, [(i, requests[i].contexts)], results)
+                    except Exception as e:
+                        results[i] = e
+        return results
+
+    def _feed_together(
+        self,
+        lm: LanguageModel,
+        members: list[tuple[int, Sequence[Context]]],
+        results: list[Fed | BaseException],
+    ) -> None:
+        owner: dict[tuple[int, tuple[int, ...]], int] = {}  # row -> the request that claims it
+        users: dict[tuple[int, tuple[int, ...]], set[int]] = {}
+        groups: dict[tuple[int, tuple[int, ...]], list[Context]] = {}
+        for i, contexts in members:
+            for key, group in lm.unfed(contexts).items():
+                owner.setdefault(key, i)
+                users.setdefault(key, set()).add(i)
+                groups.setdefault(key, []).extend(group)
+        calls = {i: 0 for i, _ in members}
+        tokens = {i: 0 for i, _ in members}
+        keys = list(groups)
+        step = self.rows or len(keys) or 1
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            lm.feed([groups[k] for k in chunk])
+            self.forward_calls += 1
+            for i in set().union(*(users[k] for k in chunk)):
+                calls[i] += 1
+            for k in chunk:
+                n = len(k[1])
+                tokens[owner[k]] += n
+                self.tokens_fed += n
+        for i, _ in members:
+            results[i] = Fed(calls[i], tokens[i])
+
+
+_State = tuple[bool, list, list]
+
+
+def _language_state() -> _State:
+    """The language's global state for direct runs (see `ppl.primitives`)."""
+    return primitives._IN_COMPILED[0], list(primitives._STACK), list(primitives._SCOPES)
+
+
+def _set_language_state(state: _State) -> None:
+    primitives._IN_COMPILED[0] = state[0]
+    primitives._STACK[:] = state[1]
+    primitives._SCOPES[:] = state[2]
+
+
+def _job_body(job: Callable[[], Any], hub: greenlet, outside: _State) -> Callable[[], Outcome]:
+    def body() -> Outcome:
+        SHARED_CALLS.set(
+            _suspend(hub, outside)
+        )  # this greenlet's own context: only its calls go to hub
+        try:
+            return Outcome(value=job())
+        except Exception as e:
+            return Outcome(error=e, traceback=traceback.format_exc())
+
+    return body
+
+
+def _suspend(hub: greenlet, outside: _State) -> Callable[[LanguageModel, Sequence[Context]], Fed]:
+    def shared(lm: LanguageModel, contexts: Sequence[Context]) -> Fed:
+        # the language's direct-run state is global: each run keeps its own across the switch
+        mine = _language_state()
+        _set_language_state(outside)
+        try:
+            return hub.switch(_Request(greenlet.getcurrent(), lm, contexts))
+        finally:
+            _set_language_state(mine)
+
+    return shared

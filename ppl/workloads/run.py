@@ -1,0 +1,466 @@
+"""`ppl.map` and `ppl.imap`: one inference method over many inputs, as one workload.
+
+What it promises, and where each part happens:
+
+* Item `i` is the call `method(program, *args_i, seed=(seed, i), **options, **kwargs_i)`: the
+  same run, choice for choice, as that call made by itself (`_item_job`), whatever the batching
+  or the machine it runs on.
+* On one machine the items in flight share every model call (`ppl.workloads.batch`); on Ray the
+  items are spread over workers that each do the same (`ppl.workloads.cluster`).
+* With a checkpoint file, every finished item is appended and flushed the moment it finishes, and
+  a rerun skips what the file holds (`ppl.workloads.checkpoint`).
+* An item that raises becomes an `ItemError` in its place (type, message, traceback); the others
+  go on. Nothing is dropped: `map` returns one entry per input, in input order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ppl.compiler import Program
+from ppl.inference.posterior import Posterior
+from ppl.inference.smc import InferenceWarning
+from ppl.models.base import LanguageModel
+from ppl.workloads.batch import Outcome, SharedSteps
+from ppl.workloads.checkpoint import Checkpoint, input_hash
+
+DEFAULT_ROWS = 256
+
+
+@dataclass
+class ItemError:
+    """An item whose run raised: what it was, and the traceback of the run."""
+
+    index: int
+    error: str  # "ValueError: the message"
+    traceback: str
+    input_hash: str = ""
+
+    def __str__(self) -> str:
+        return f"item {self.index}: {self.error}"
+
+
+class Results(list):
+    """What `ppl.map` returns: a list with one entry per input, in input order.
+
+    Each entry is a `Posterior`, or an `ItemError` for an item that raised. `failures` lists the
+    latter; `stats` holds the run's totals (items, failed, resumed from a checkpoint, seconds,
+    shared model calls and tokens fed).
+    """
+
+    def __init__(self, entries: Iterable[Posterior | ItemError], stats: dict[str, Any]) -> None:
+        super().__init__(entries)
+        self.stats = stats
+
+    @property
+    def failures(self) -> list[ItemError]:
+        return [e for e in self if isinstance(e, ItemError)]
+
+    @property
+    def ok(self) -> bool:
+        """True when every item has a Posterior."""
+        return not self.failures
+
+
+def map(
+    method: Callable[..., Posterior],
+    program: Program,
+    inputs: Iterable[tuple | list | dict],
+    *,
+    seed: int | None = 0,
+    checkpoint: str | None = None,
+    rows: int | None = DEFAULT_ROWS,
+    in_flight: int | None = None,
+    model: Any = None,
+    on_error: str = "record",
+    progress: bool | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+    resources: dict[str, float] | None = None,
+    retries: int = 2,
+    **options: Any,
+) -> Results:
+    """Run `method` (`ppl.smc`, `ppl.importance`, `ppl.mh`, ...) on every input of `program`.
+
+    Args:
+        method: an inference entry point, called as `method(program, *args, seed=..., **options)`.
+        inputs: one entry per item: a tuple (or list) of positional arguments, or a dict of
+            keyword arguments.
+        seed: item `i` runs with seed `(seed, i)`, so `map(ppl.smc, p, xs, seed=s)[i]` is the
+            run `ppl.smc(p, *xs[i], seed=(s, i))`. None: every item unseeded.
+        checkpoint: a JSONL file: each finished item is appended and flushed at once; a rerun
+            with the same file returns what it holds and runs the rest (items that raised are
+            run again).
+        rows: row budget, the most rows in one forward pass (None: no limit). A row is one
+            distinct sequence the model extends.
+        in_flight: items run at once (default: `rows` divided by the rows one item uses, its
+            `particles` or `chains`; every item when `rows` is None).
+        model: a model spec (`ppl.models.spec(...)`, or "embedded" / "hf:NAME"), or a model,
+            given to the program as its `lm` argument; positional inputs then fill the
+            program's other parameters. Workers build it once each.
+        on_error: "record" (an item that raises becomes an `ItemError`, the rest go on) or
+            "raise" (the first error stops the run, after the checkpoint is written).
+        progress: a progress bar over items (default: when stderr is a terminal).
+        cluster: None (this process), or "ray" (a local Ray cluster, or the one `ray.init()`
+            connected to), or a Ray address ("auto", "ray://host:10001").
+        workers: Ray workers (default: one per CPU of the cluster, at most one per item).
+        resources: per worker, e.g. `{"num_gpus": 1}` or `{"num_cpus": 0.5}`.
+        retries: on Ray, how many times an item is retried after its worker died.
+        options: passed to `method` (`particles=16`, `steps=100`, ...).
+
+    Returns:
+        `Results`: a list of `Posterior` (or `ItemError`) in input order.
+    """
+    start = time.perf_counter()
+    stats: dict[str, Any] = {}
+    out: dict[int, Posterior | ItemError] = {}
+    for i, result in _imap(
+        method, program, inputs, seed, checkpoint, rows, in_flight, model, on_error, progress,
+        cluster, workers, resources, retries, options, stats,
+    ):  # fmt: skip
+        out[i] = result
+    stats["seconds"] = time.perf_counter() - start
+    results = Results([out[i] for i in range(len(out))], stats)
+    if results.failures:
+        first = results.failures[0]
+        warnings.warn(
+            f"ppl.map: {len(results.failures)} of {len(results)} items raised; "
+            f"the first: {first} (see Results.failures for each traceback)",
+            InferenceWarning,
+            stacklevel=2,
+        )
+    return results
+
+
+def imap(
+    method: Callable[..., Posterior],
+    program: Program,
+    inputs: Iterable[tuple | list | dict],
+    *,
+    seed: int | None = 0,
+    checkpoint: str | None = None,
+    rows: int | None = DEFAULT_ROWS,
+    in_flight: int | None = None,
+    model: Any = None,
+    on_error: str = "record",
+    progress: bool | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+    resources: dict[str, float] | None = None,
+    retries: int = 2,
+    **options: Any,
+) -> Iterator[tuple[int, Posterior | ItemError]]:
+    """`ppl.map` that yields `(index, Posterior or ItemError)` as each item finishes.
+
+    Items already in the checkpoint come first. Every index is yielded exactly once.
+    """
+    return _imap(
+        method, program, inputs, seed, checkpoint, rows, in_flight, model, on_error, progress,
+        cluster, workers, resources, retries, options, {},
+    )  # fmt: skip
+
+
+def _imap(
+    method: Callable[..., Posterior],
+    program: Program,
+    inputs: Iterable[tuple | list | dict],
+    seed: int | None,
+    checkpoint: str | None,
+    rows: int | None,
+    in_flight: int | None,
+    model: Any,
+    on_error: str,
+    progress: bool | None,
+    cluster: str | None,
+    workers: int | None,
+    resources: dict[str, float] | None,
+    retries: int,
+    options: dict[str, Any],
+    stats: dict[str, Any],
+) -> Iterator[tuple[int, Posterior | ItemError]]:
+    # everything is checked before the first item runs, so that a mistake fails at once
+    if not callable(method):
+        raise TypeError(f"ppl.map: method must be an inference function such as ppl.smc, got "
+                        f"{type(method).__name__}")  # fmt: skip
+    if not isinstance(program, Program):
+        raise TypeError(
+            f"ppl.map: program must be a @ppl.program, got {type(program).__name__}; "
+            "decorate the function with @ppl.program"
+        )
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"ppl.map: on_error must be 'record' or 'raise', got {on_error!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"ppl.map: seed must be a non-negative integer or None, got {seed!r}")
+    if "progress" in options:
+        raise TypeError("ppl.map: progress= is the bar over items; runs of items show none")
+    items = [_as_call(i, x) for i, x in enumerate(_listed(inputs))]
+    _check_options(method, program, options, items)
+    spec, lm = _model_of(model)
+    if lm is not None or spec is not None:
+        items = [(_bind_lm(program, args, kwargs)) for args, kwargs in items]
+    run_options = _run_options(method, options)
+    fingerprint = {
+        "method": getattr(method, "__qualname__", repr(method)),
+        "program": program.__qualname__,
+        "seed": seed,
+        # options that change what is computed; record= only keeps more of it
+        "options": {k: v for k, v in options.items() if k != "record"},
+        "model": None if spec is None and lm is None else str(spec or lm),
+    }
+    hashes = [input_hash(args, kwargs) for args, kwargs in items]
+    store = Checkpoint(checkpoint, fingerprint, hashes) if checkpoint is not None else None
+    done = store.load() if store is not None else {}
+    todo = [i for i in range(len(items)) if not isinstance(done.get(i), Posterior)]
+    waiting = set(todo)
+    n_items = len(items)
+    stats.update(items=n_items, resumed=n_items - len(todo), failed=0)
+    bar = _bar(progress, n_items, n_items - len(todo))
+    try:
+        for i in range(n_items):
+            if i not in waiting:
+                yield i, done[i]
+        if in_flight is None:
+            per_item = _rows_per_item(method, options)
+            in_flight = len(todo) if rows is None else max(1, rows // per_item)
+        if cluster is None:
+            steps = SharedSteps(rows=rows, in_flight=max(1, in_flight))
+
+            def jobs() -> Iterator[tuple[int, Callable[[], Posterior]]]:
+                model_lm = lm if lm is not None else (spec.build() if spec is not None else None)
+                for i in todo:
+                    args, kwargs = items[i]
+                    if model_lm is not None:
+                        kwargs = {**kwargs, "lm": model_lm}
+                    yield i, _item_job(method, program, args, kwargs, seed, i, run_options)
+
+            outcomes: Iterator[tuple[int, Outcome]] = steps.run(jobs())
+        else:
+            from ppl.workloads.cluster import run_on_ray
+
+            if lm is not None and spec is None:
+                spec = getattr(lm, "spec", None)
+                if spec is None:
+                    raise TypeError(
+                        "ppl.map: on a cluster the model is given as a spec that each worker "
+                        "builds, e.g. model=ppl.models.spec('embedded')"
+                    )
+            outcomes = run_on_ray(
+                cluster, workers, resources, retries, rows, in_flight, spec,
+                method, program, [(i, *items[i]) for i in todo], seed, run_options, stats,
+            )  # fmt: skip
+        ran: list[Posterior | None] = []
+        for i, outcome in outcomes:
+            if (
+                not outcome.error_text
+                and outcome.error is None
+                and isinstance(outcome.value, Posterior)
+            ):
+                result: Posterior | ItemError = outcome.value
+                ran.append(result)
+            else:
+                result = ItemError(i, _describe(outcome), outcome.traceback, hashes[i])
+                stats["failed"] += 1
+            if store is not None:
+                store.append(i, result)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{stats['failed']} failed", refresh=False)
+            if on_error == "raise" and isinstance(result, ItemError):
+                error = outcome.error or RuntimeError(result.error)
+                _note(error, f"raised by item {i} under ppl.map (input {items[i]!r:.200})")
+                raise error
+            yield i, result
+        if cluster is None:
+            stats.update(forward_calls=steps.forward_calls, tokens_fed=steps.tokens_fed)
+        else:  # each worker's calls are its own: the items' token counts add up to the total
+            stats["tokens_fed"] = sum(r.stats.get("tokens_fed", 0) for r in ran if r is not None)
+    finally:
+        if bar is not None:
+            bar.close()
+        if store is not None:
+            store.close()
+
+
+def _item_job(
+    method: Callable[..., Posterior],
+    program: Program,
+    args: tuple,
+    kwargs: dict[str, Any],
+    seed: int | None,
+    index: int,
+    options: dict[str, Any],
+) -> Callable[[], Posterior]:
+    """The call that item `index` is: the same as calling it by hand with seed `(seed, index)`."""
+    item_seed = None if seed is None else (seed, index)
+
+    def job() -> Posterior:
+        return method(program, *args, seed=item_seed, **options, **kwargs)
+
+    return job
+
+
+def _listed(inputs: Iterable[Any]) -> list[Any]:
+    if isinstance(inputs, (str, bytes, dict)):
+        raise TypeError(
+            f"ppl.map: inputs must be a list of items (tuples of arguments or dicts of keyword "
+            f"arguments), got a single {type(inputs).__name__}"
+        )
+    try:
+        return list(inputs)
+    except TypeError:
+        raise TypeError(
+            f"ppl.map: inputs must be an iterable of items, got {type(inputs).__name__}"
+        ) from None
+
+
+def _as_call(index: int, item: Any) -> tuple[tuple, dict[str, Any]]:
+    if isinstance(item, (tuple, list)):
+        return tuple(item), {}
+    if isinstance(item, dict):
+        bad = [k for k in item if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"ppl.map: input {index} has a key that is not a name: {bad[0]!r}")
+        return (), dict(item)
+    raise TypeError(
+        f"ppl.map: input {index} is a {type(item).__name__}; an input is a tuple of positional "
+        f"arguments or a dict of keyword arguments (for one argument write ({item!r:.40},))"
+    )
+
+
+def _check_options(
+    method: Callable[..., Any],
+    program: Program,
+    options: dict[str, Any],
+    items: list[tuple[tuple, dict]],
+) -> None:
+    """Options are the method's own, or keyword arguments of the program shared by all items."""
+    if "seed" in options:
+        raise TypeError("ppl.map: seed= is map's own (item i runs with seed (seed, i))")
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return
+    named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    program_params = program.code.signature.parameters
+    program_takes_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in program_params.values()
+    )
+    for name in options:
+        if name not in named and name not in program_params and not program_takes_any:
+            raise TypeError(
+                f"ppl.map: {method.__qualname__}() has no option {name!r} and "
+                f"{program.__qualname__}() no parameter of that name"
+            )
+    for index, (_, kwargs) in enumerate(items):
+        clash = (set(kwargs) & named) | (set(kwargs) & set(options))
+        if clash:
+            raise TypeError(
+                f"ppl.map: input {index} names {sorted(clash)}, which are options of "
+                f"{method.__qualname__}(), not arguments of the program"
+            )
+
+
+def _run_options(method: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The options with the method's own progress bar turned off (map shows one over items)."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return dict(options)
+    if "progress" in params:
+        return {**options, "progress": False}
+    return dict(options)
+
+
+def _rows_per_item(method: Callable[..., Any], options: dict[str, Any]) -> int:
+    """Rows one item feeds at a step, for sizing the items in flight: particles or chains."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    n = 1
+    for name in ("particles", "chains"):
+        if name in options:
+            n = options[name]
+            break
+        if name in params and isinstance(params[name].default, int):
+            n = params[name].default
+            break
+    if "children" in params:  # smc_steer extends each particle `children` ways
+        n *= options.get("children", params["children"].default)
+    return max(1, int(n)) if isinstance(n, (int, float)) and math.isfinite(n) else 1
+
+
+def _model_of(model: Any) -> tuple[Any, LanguageModel | None]:
+    """(spec, model) from map's `model=`: a spec, its command-line form, or a model."""
+    if model is None:
+        return None, None
+    if isinstance(model, LanguageModel):
+        return getattr(model, "spec", None), model
+    from ppl.models.spec import ModelSpec
+
+    if isinstance(model, str):
+        return ModelSpec.parse(model), None
+    if isinstance(model, ModelSpec):
+        return model, None
+    raise TypeError(
+        f"ppl.map: model must be a model spec (ppl.models.spec(...)), 'embedded', 'hf:NAME' or "
+        f"a language model, got {type(model).__name__}"
+    )
+
+
+def _bind_lm(program: Program, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+    """Make room for `lm=`: positional inputs fill the program's parameters other than `lm`."""
+    params = program.code.signature.parameters
+    if "lm" not in params:
+        raise TypeError(
+            f"ppl.map: model= is given to the program as its `lm` argument, but "
+            f"{program.__qualname__}() has no parameter named lm"
+        )
+    if "lm" in kwargs:
+        raise TypeError("ppl.map: an input gives lm= and so does model=; give one of them")
+    positional = [
+        n
+        for n, p in params.items()
+        if n != "lm"
+        and p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(args) > len(positional):
+        raise TypeError(
+            f"ppl.map: an input has {len(args)} positional arguments, but "
+            f"{program.__qualname__}() takes {len(positional)} besides lm"
+        )
+    named = dict(zip(positional, args))
+    clash = set(named) & set(kwargs)
+    if clash:
+        raise TypeError(f"ppl.map: an input gives {sorted(clash)} twice")
+    return (), {**named, **kwargs}
+
+
+def _describe(outcome: Outcome) -> str:
+    if outcome.error_text:
+        return outcome.error_text
+    if outcome.error is not None:
+        return f"{type(outcome.error).__name__}: {outcome.error}"
+    return f"TypeError: the method returned {type(outcome.value).__name__}, not a Posterior"
+
+
+def _bar(progress: bool | None, total: int, initial: int) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="ppl.map", unit="item")
+
+
+def _note(e: BaseException, text: str) -> None:
+    if hasattr(e, "add_note"):
+        e.add_note(text)
