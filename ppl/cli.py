@@ -1,0 +1,469 @@
+"""The `ppl` command: run a program over many inputs from the shell, a thin layer over `ppl.map`.
+
+    ppl run FILE.py:PROGRAM [--method smc] [--particles N] [--arg NAME=VALUE ...]
+            [--inputs inputs.jsonl] [--out results.jsonl] [--html run.html] [--model embedded]
+    ppl demo [--particles N] [--max-tokens T] [--seed S]
+    ppl --version
+
+What it promises, and where each part happens:
+
+* `ppl run` is one call `ppl.map(method, program, items, seed=--seed, checkpoint=--out,
+  model=--model, **method options)` (`run`): item `i` is the same run, seed for seed, as
+  `method(program, seed=(seed, i), **options, **item_i)` made in Python.
+* An item is the `--arg` values updated by one line of `--inputs` (`items`): a line wins over
+  `--arg`. Without `--inputs` the `--arg` values are the one item.
+* FILE is loaded as a module under a private name (`load_file`), so its `if __name__ ==
+  "__main__":` block does not run; its directory goes on `sys.path` for its own imports.
+* Exit status: 0 when every item ran; 1 when some item raised (each is printed with its error
+  line; `--out` keeps its traceback); 2 when the command could not start: a usage mistake, a
+  FILE that does not load, a missing PROGRAM, a bad `--arg` or input line, or options, a model
+  or a checkpoint that `ppl.map` refuses. Mistakes are one message on stderr, not a traceback of
+  ppl; an exception raised while FILE loads shows the traceback of FILE's own lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import textwrap
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import ppl
+from ppl.compiler import Program
+from ppl.inference.posterior import Posterior
+from ppl.inference.smc import InferenceWarning
+from ppl.workloads import ItemError, Results
+
+METHODS: dict[str, Callable[..., Posterior]] = {
+    "smc": ppl.smc,
+    "importance": ppl.importance,
+    "smc_steer": ppl.smc_steer,
+    "mh": ppl.mh,
+    "pimh": ppl.pimh,
+    "pgibbs": ppl.pgibbs,
+}
+DEMO = Path(ppl.__file__).resolve().parents[1] / "tutorials" / "short_words.py"
+TOP = 3  # values shown per item
+VALUE_CHARS = 240  # a value's text is cut here
+WIDTH = 88
+
+
+class UsageError(Exception):
+    """A mistake in the command (FILE, PROGRAM, --arg, --inputs, options): exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `ppl` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and argparse's usage errors
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except UsageError as e:
+        print(f"ppl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        resume = f"; a rerun resumes from {out}" if out else ""
+        print(f"ppl {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
+
+
+# -- ppl run -------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ppl run`: the items through `ppl.map`, a summary of each, the totals; the exit status."""
+    _, program = load_program(args.target)
+    method = METHODS[args.method]
+    params = program.code.signature.parameters
+    model = args.model if args.model is not None else ("embedded" if "lm" in params else None)
+    shared = dict(args.arg or [])
+    lines = read_inputs(args.inputs) if args.inputs is not None else [(0, {})]
+    source = args.inputs if args.inputs is not None else "--arg"
+    todo = items(program, shared, lines, source, model_is_lm=model is not None)
+
+    options: dict[str, Any] = {}
+    for name in ("particles", "chains", "steps"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.html is not None:
+        if "record" not in inspect.signature(method).parameters:
+            raise UsageError(
+                f"--html draws the steps of a particle run; --method {args.method} has none: "
+                "use smc, importance or smc_steer"
+            )
+        options["record"] = True
+    settings: dict[str, Any] = {"seed": args.seed, "checkpoint": args.out, "model": model}
+    for name in ("rows", "cluster", "workers"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    settings["progress"] = False if args.no_progress else None
+
+    with warnings.catch_warnings():
+        # the failures are printed below, each with its error line
+        warnings.filterwarnings(
+            "ignore", message=r"ppl\.map: \d+ of \d+ items raised", category=InferenceWarning
+        )
+        try:
+            results = ppl.map(method, program, todo, **settings, **options)
+        except (TypeError, ValueError, OSError) as e:
+            # map checks everything before the first item runs: these are the command's mistakes
+            raise UsageError(str(e)) from None
+        except ImportError as e:
+            if args.cluster is None:
+                raise
+            raise UsageError(f"{e} (--cluster needs Ray: pip install 'ppl-lm[ray]')") from None
+
+    where = [f"{args.inputs}, line {n}" for n, _ in lines] if args.inputs is not None else None
+    report(results, sys.stdout, where)
+    if args.html is not None:
+        write_html(results, Path(args.html), sys.stdout)
+    if args.out is not None:
+        print(f"results in {args.out}: a rerun of this command resumes from it "
+              "(items that failed run again)")  # fmt: skip
+    return 0 if results.ok else 1
+
+
+def load_file(path: str | Path) -> ModuleType:
+    """FILE loaded as a fresh module named `_ppl_file_<stem>`, its `__main__` block not run."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file")
+    if file.suffix != ".py":
+        raise UsageError(f"{path}: not a Python file (.py)")
+    name = "_ppl_file_" + re.sub(r"\W", "_", file.stem)
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path}: cannot be loaded as a module")
+    module = importlib.util.module_from_spec(spec)
+    directory = str(file.resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    # registered before it runs, as an import would: dataclasses and pickling look it up by name
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:
+        del sys.modules[name]
+        raise UsageError(f"{path} raised while loading:\n{_own_traceback(e, file)}") from None
+    return module
+
+
+def load_program(target: str) -> tuple[ModuleType, Program]:
+    """The module and the `ppl.Program` that `FILE.py:PROGRAM` names."""
+    path, colon, name = target.rpartition(":")
+    if not colon or target.endswith(".py"):
+        path, name = target, ""
+    module = load_file(path)
+    programs = sorted(n for n, v in vars(module).items() if isinstance(v, Program))
+    listing = f"its programs: {', '.join(programs)}" if programs else "it defines no @ppl.program"
+    if not name:
+        raise UsageError(f"name the program to run as {path}:PROGRAM ({listing})")
+    found = vars(module).get(name)
+    if found is None:
+        raise UsageError(f"{path} has no {name!r} ({listing})")
+    if not isinstance(found, Program):
+        raise UsageError(
+            f"{path}:{name} is a {type(found).__name__}, not a @ppl.program ({listing})"
+        )
+    return module, found
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """`NAME=VALUE`, VALUE read as JSON when it parses (numbers, true, lists), else as text."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write NAME=VALUE, e.g. --arg max_tokens=20 or --arg prompt='Once upon'"
+        )
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+def read_inputs(path: str) -> list[tuple[int, dict | list]]:
+    """The items of a JSONL file ("-": stdin) as (line number, JSON object or array)."""
+    shape = "each line is a JSON object of keyword arguments or a JSON array of positional ones"
+    try:
+        f: TextIO = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--inputs {path}: {e.strerror}") from None
+    out = []
+    try:
+        with f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except ValueError as e:
+                    raise UsageError(f"{path}, line {number}: not JSON ({e}); {shape}") from None
+                if not isinstance(value, (dict, list)):
+                    raise UsageError(f"{path}, line {number}: {line.strip()[:40]!r}; {shape}")
+                out.append((number, value))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not out:
+        raise UsageError(f"{path}: no inputs (the file has no line that is not blank)")
+    return out
+
+
+def items(
+    program: Program,
+    shared: dict[str, Any],
+    lines: list[tuple[int, dict | list]],
+    source: str,
+    *,
+    model_is_lm: bool,
+) -> list[dict[str, Any]]:
+    """One keyword-argument dict per line: `shared` updated by the line (the line wins).
+
+    An array is bound to the program's positional parameters in order (`lm` left out when a
+    model is passed as `lm`). Names the program does not take are refused here, before any run.
+    """
+    params = program.code.signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    positional = [
+        n
+        for n, p in params.items()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and not (model_is_lm and n == "lm")
+    ]
+    name = program.__qualname__
+    for key in shared:
+        if key not in params and not takes_any:
+            raise UsageError(f"--arg {key}: {name}() has no parameter {key!r} ({_sig(program)})")
+    out = []
+    for number, line in lines:
+        where = source if source == "--arg" else f"{source}, line {number}"
+        if isinstance(line, list):
+            if len(line) > len(positional):
+                raise UsageError(
+                    f"{where}: {len(line)} values, but {name}() takes {len(positional)} by "
+                    f"position ({', '.join(positional) or 'none'}); give a JSON object instead"
+                )
+            line = dict(zip(positional, line))
+        for key in line:
+            if key not in params and not takes_any:
+                raise UsageError(f"{where}: {name}() has no parameter {key!r} ({_sig(program)})")
+        out.append({**shared, **line})
+    return out
+
+
+def report(results: Results, out: TextIO, where: list[str] | None = None) -> None:
+    """Per item: index, log evidence, final ESS (acceptance for MCMC), the top values; totals.
+
+    A failed item shows its error line, and `where[i]` (its input line) when given.
+    """
+    for i, result in enumerate(results):
+        if isinstance(result, ItemError):
+            origin = f" ({where[i]})" if where is not None else ""
+            print(f"[{i}] FAILED{origin}  {result.error}", file=out)
+            continue
+        z = "n/a" if result.log_evidence is None else f"{result.log_evidence:.4f}"
+        if result.chain is not None:
+            rate = result.acceptance_rate
+            spread = f"acceptance {'n/a' if rate is None else f'{rate:.3f}'}"
+        else:
+            spread = f"ESS {result.final_ess:.2f} of {result.num_particles}"
+        print(f"[{i}] log evidence {z}  {spread}", file=out)
+        if result.failure:
+            print(f"    no sample has positive weight: {result.failure}", file=out)
+            continue
+        for value, weight in _top(result, TOP):
+            print(_value_line(value, weight), file=out)
+    s = results.stats
+    print(
+        f"{s.get('items', len(results))} items, {s.get('failed', len(results.failures))} failed, "
+        f"{s.get('resumed', 0)} resumed, {s.get('seconds', 0.0):.1f} s",
+        file=out,
+    )
+
+
+def write_html(results: Results, path: Path, out: TextIO) -> None:
+    """`Posterior.html` of each item: to `path` for one item, else to `<stem>-<i><suffix>`."""
+    for i, result in enumerate(results):
+        if not isinstance(result, Posterior):
+            continue
+        target = path if len(results) == 1 else path.with_name(f"{path.stem}-{i}{path.suffix}")
+        result.html(str(target), title=f"ppl {result.method} run, item {i}")
+        print(f"html: {target}", file=out)
+
+
+def _top(post: Posterior, n: int) -> list[tuple[Any, float]]:
+    try:
+        return list(post.distribution().items())[:n]
+    except TypeError:  # unhashable values: by particle
+        ranked = sorted(zip(post.values, post.weights.tolist()), key=lambda x: -x[1])
+        return [(v, w) for v, w in ranked if w > 0][:n]
+
+
+def _value_line(value: Any, weight: float) -> str:
+    text = value.replace("\n", "\\n") if isinstance(value, str) else repr(value)
+    if len(text) > VALUE_CHARS:
+        text = text[: VALUE_CHARS - 3] + "..."
+    return textwrap.fill(
+        text or "''",
+        width=WIDTH,
+        initial_indent=f"    {weight:6.3f}  ",
+        subsequent_indent=" " * 14,
+        replace_whitespace=False,
+    )
+
+
+def _sig(program: Program) -> str:
+    return f"its parameters: {', '.join(program.code.signature.parameters) or 'none'}"
+
+
+def _own_traceback(e: BaseException, file: Path) -> str:
+    """The traceback of `e` from the first frame in `file` on (none of the loading machinery)."""
+    tb = e.__traceback__
+    target = file.resolve()
+    while tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve() != target:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb)).rstrip()
+
+
+# -- ppl demo ------------------------------------------------------------------------------------
+
+
+def demo(args: argparse.Namespace) -> int:
+    """`ppl demo`: `main()` of tutorials/short_words.py, the README's demo."""
+    if not DEMO.is_file():
+        raise UsageError(
+            f"the demo is tutorials/short_words.py of the source repository, not found at "
+            f"{DEMO}: ppl was installed without it; run it from a clone of the repository"
+        )
+    module = load_file(DEMO)
+    given = {k: getattr(args, k) for k in ("particles", "max_tokens", "seed")}
+    module.main(**{k: v for k, v in given.items() if v is not None})
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
+
+
+def _seed(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppl",
+        description="ppl: a probabilistic programming language for steering language models.",
+        epilog="Exit status: 0 every item ran, 1 some item raised, 2 the command could not start.",
+    )
+    parser.add_argument("--version", action="version", version=f"ppl {ppl.__version__}")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = commands.add_parser(
+        "run",
+        help="run a program on one input or on every line of a JSONL file",
+        description=(
+            "Run PROGRAM of FILE.py with an inference method, on the --arg values or on every "
+            "line of --inputs, through ppl.map. Item i runs with seed (SEED, i), the same run as "
+            "ppl.map or the method called in Python."
+        ),
+        epilog=(
+            "Exit status: 0 every item ran, 1 some item raised (its error is printed; --out "
+            "keeps the traceback), 2 the command could not start (usage, FILE, PROGRAM, "
+            "--arg, --inputs, or options or a checkpoint that ppl.map refuses)."
+        ),
+    )
+    p.add_argument("target", metavar="FILE.py:PROGRAM", help="a @ppl.program defined in FILE.py")
+    p.add_argument("--method", choices=list(METHODS), default="smc", help="default: smc")
+    p.add_argument("--particles", type=_count, metavar="N", help="particles (smc, importance, ...)")
+    p.add_argument("--chains", type=_count, metavar="N", help="chains (mh)")
+    p.add_argument("--steps", type=_count, metavar="N", help="steps (mh, pimh, pgibbs)")
+    p.add_argument(
+        "--seed", type=_seed, default=0, metavar="S", help="item i runs with seed (SEED, i)"
+    )
+    p.add_argument(
+        "--arg",
+        type=parse_arg,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a keyword argument of the program, shared by every item; VALUE is read as JSON "
+        "when it parses (20, true, [1, 2], '\"20\"' for text), else as text; repeatable",
+    )
+    p.add_argument(
+        "--inputs",
+        metavar="FILE.jsonl",
+        help="one item per line: a JSON object of keyword arguments or a JSON array of "
+        "positional ones, merged with the --arg values (a line wins over --arg); blank lines "
+        "are skipped; '-' reads stdin",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE.jsonl",
+        help="the checkpoint: each finished item is appended at once, and a rerun of the same "
+        "command resumes from it (without --out nothing is written)",
+    )
+    p.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="a page of each run's steps (smc, importance, smc_steer; runs them with "
+        "record=True, which is part of the settings an --out file is resumed with): FILE.html "
+        "for one item, FILE-<i>.html for item i of several",
+    )
+    p.add_argument(
+        "--model",
+        metavar="embedded|hf:NAME",
+        help="the model, passed to the program as its `lm` argument (default: 'embedded' when "
+        "the program has a parameter lm, else none: the program uses its own)",
+    )
+    p.add_argument(
+        "--rows", type=_count, metavar="N", help="most rows in one forward pass (default: 256)"
+    )
+    p.add_argument("--cluster", metavar="ray|ADDRESS", help="run the items on Ray workers")
+    p.add_argument("--workers", type=_count, metavar="N", help="Ray workers (default: one per CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over items")
+    p.set_defaults(handler=run, command="run")
+
+    d = commands.add_parser(
+        "demo",
+        help="the README's demo: a story with no word over five letters",
+        description="Run tutorials/short_words.py: SMC steers the embedded model to tell a "
+        "story in which no word has more than five letters.",
+    )
+    d.add_argument("--particles", type=_count, metavar="N", help="default: 16")
+    d.add_argument("--max-tokens", type=_count, metavar="N", help="default: 40")
+    d.add_argument("--seed", type=_seed, metavar="S", help="default: 0")
+    d.set_defaults(handler=demo, command="demo")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
