@@ -10,6 +10,7 @@ next-token distribution is needed, so no token is ever fed twice.
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,7 @@ class Context:
         "_base",
         "_pending",
         "_logprobs",
+        "_scores",
         "__weakref__",
     )
 
@@ -112,6 +114,9 @@ class Context:
     _base: Any  # backend state of the fed prefix, None while nothing is fed
     _pending: tuple[int, ...]  # ids after `_base` not yet fed
     _logprobs: torch.Tensor | None  # next-token log-probabilities once fed
+    # None, or (for a context a continuation feeds) `_WANTED` until fed, then the
+    # log-probability of each pending token after the first, given the ones before it
+    _scores: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("contexts are made by lm.context(prompt)")
@@ -128,12 +133,15 @@ class Context:
         ctx._base = None
         ctx._pending = ids
         ctx._logprobs = None
+        ctx._scores = None
         return ctx
 
-    def _set_fed(self, state: Any, logprobs: torch.Tensor) -> None:
+    def _set_fed(self, state: Any, logprobs: torch.Tensor, scores: torch.Tensor | None = None):
         self._base = state
         self._pending = ()
         self._logprobs = logprobs
+        if self._scores is not None:
+            self._scores = scores if scores is not None else torch.empty(0)
 
     # -- the value -------------------------------------------------------------------------------
 
@@ -152,6 +160,11 @@ class Context:
                 "can only add a Token, a token id or a str to a Context, "
                 f"not {type(other).__name__}"
             )
+        return self._with(ids, added)
+
+    def _with(self, ids: tuple[int, ...], added: bytes) -> Context:
+        """This context followed by the token `ids`, whose text is `added`."""
+        lm = self._lm
         new = object.__new__(Context)
         new._lm = lm
         new._prompt = self._prompt
@@ -162,6 +175,7 @@ class Context:
         new._base = self._base
         new._pending = self._pending + ids
         new._logprobs = None
+        new._scores = None
         return new
 
     @property
@@ -208,6 +222,16 @@ class Context:
         from ppl.constraints.tokens import ConstrainedNextToken
 
         return ConstrainedNextToken(self, constraint, where)
+
+    def continuation(self, *, eos: bool = False) -> Continuation:
+        """The text that comes next after this context, as something to `observe`.
+
+        `observe(ctx.continuation(), " Yes")` adds log p(the next tokens are those of " Yes" |
+        ctx): the string's own tokenization (`lm.encode(text, add_special_tokens=False)`),
+        followed by EOS when `eos=True`. Under inference all of its tokens are fed in the
+        step's one batched forward pass. The context itself is unchanged.
+        """
+        return Continuation(self, eos)
 
     def logprobs(self) -> torch.Tensor:
         """Next-token log-probabilities (computes them now if they are not known yet)."""
@@ -394,3 +418,109 @@ class TokenProposal(NextToken):
 
     def __repr__(self) -> str:
         return f"TokenProposal({self.context!r}, proposal={self.proposal!r})"
+
+
+_WANTED = torch.empty(0)  # `Context._scores` of a context whose fed tokens are to be scored
+
+
+class Continuation:
+    """The text that follows `context`: a distribution over strings, to observe.
+
+    log p(text) = sum_k log p(t_k | context, t_1 .. t_{k-1}) over the tokens t_1 .. t_n of
+    `text` (plus log p(EOS | context, text) with `eos`, summed over the model's EOS ids). One
+    model call computes it: the context extended by t_1 .. t_{n-1} (or .. t_n with `eos`) is fed
+    as one row whose forward pass scores every position. Sampling whole texts is
+    `ppl.generate`'s job, not this one's.
+    """
+
+    __slots__ = ("context", "eos")
+
+    def __init__(self, context: Context, eos: bool = False) -> None:
+        if not isinstance(context, Context):
+            raise TypeError(f"a continuation follows a Context, not {type(context).__name__}")
+        self.context = context
+        self.eos = bool(eos)
+
+    def observing(self, text: str) -> ScoredText:
+        """This continuation bound to the text it observes: what to feed, and how to score it."""
+        return ScoredText(self, text)
+
+    def log_prob(self, text: str) -> float:
+        """log p(text follows the context) (computes what it needs now)."""
+        scored = self.observing(text)
+        self.context.lm.compute_logprobs(scored._contexts())
+        return scored.log_prob(text)
+
+    def sample(self, rng: Any = None) -> str:
+        raise TypeError(
+            "a continuation is observed, not sampled: observe(ctx.continuation(), text) scores a "
+            "given text; to sample a whole text use ppl.generate(ctx, ...) or sample tokens "
+            "with ctx.next_token()"
+        )
+
+    def __deepcopy__(self, memo: dict) -> Continuation:
+        return self
+
+    def __repr__(self) -> str:
+        return f"Continuation({self.context!r}{', eos=True' if self.eos else ''})"
+
+
+class ScoredText:
+    """A `Continuation` bound to one text: the contexts to feed and the log-probability."""
+
+    __slots__ = ("text", "ids", "eos", "context", "target", "offset")
+
+    def __init__(self, continuation: Continuation, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(
+                f"observe(ctx.continuation(), text) takes the text as a str, got "
+                f"{type(text).__name__}"
+            )
+        ctx = continuation.context
+        self.text = text
+        self.eos = continuation.eos
+        self.ids = tuple(ctx.lm.encode(text, add_special_tokens=False))
+        self.context = ctx
+        fed = self.ids if self.eos else self.ids[:-1]
+        # the row that scores the text: the context's own pending tokens, then `fed`
+        eos_ids = ctx.lm.eos_token_ids
+        added = b"".join(ctx.lm.token_bytes[i] for i in fed if i not in eos_ids)
+        self.target = ctx._with(tuple(fed), added) if fed else ctx
+        self.offset = len(ctx._pending)  # the text's first token sits after these in the row
+        if fed:
+            self.target._scores = _WANTED
+
+    def _contexts(self) -> tuple[Context, ...]:
+        if self.target is self.context or self.offset > 0:
+            return (self.target,)
+        return (self.context, self.target)  # the first token's distribution is the context's
+
+    def log_prob(self, value: Any = None) -> float:
+        ids, target = self.ids, self.target
+        if target is self.context:  # nothing to feed: the context's own next-token row
+            if self.eos:  # the empty text, then EOS
+                return _log_eos(target)
+            return float(target._logprobs[ids[0]]) if ids else 0.0
+        scores = target._scores
+        total = 0.0
+        fed = len(ids) if self.eos else len(ids) - 1
+        for k in range(fed):  # token k is predicted at row position offset + k - 1
+            position = self.offset + k - 1
+            if position < 0:
+                total += float(self.context._logprobs[ids[0]])
+            else:
+                total += float(scores[position])
+        if self.eos:
+            total += _log_eos(target)
+        else:
+            total += float(target._logprobs[ids[-1]])
+        return total
+
+    def __repr__(self) -> str:
+        return f"ScoredText({self.text!r}, after {self.context!r})"
+
+
+def _log_eos(ctx: Context) -> float:
+    """log p(the sequence ends next | ctx): the mass of all EOS ids."""
+    eos = sorted(ctx.lm.eos_token_ids)
+    return float(torch.logsumexp(ctx._logprobs[eos], 0)) if eos else -math.inf

@@ -26,10 +26,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ppl.compiler import Code, Program, Site
-from ppl.context import NextToken
+from ppl.context import Continuation, NextToken
 from ppl.distributions import Proposed
 from ppl.primitives import _IN_COMPILED, PRIMITIVES, as_log_weight, generators, parse_args
 from ppl.trace import Choice, Trace
+
+_SAMPLE_CONTINUATION = (
+    "a continuation is observed, not sampled: observe(ctx.continuation(), text) scores a given "
+    "text; to sample a whole text use ppl.generate(ctx, ...) or sample ctx.next_token()"
+)
 
 # Choices fixed by `condition(program, data)`: (address prefix of that program's call, data).
 Fixed = tuple[tuple[str, Mapping[str, Any]], ...]
@@ -254,6 +259,8 @@ class Engine:
                     if value is not _UNFIXED:
                         kind = "observe"  # a choice fixed by condition(): an observation
                 if kind == "sample":
+                    if isinstance(obj, Continuation):
+                        raise TypeError(f"sample() at {site}: {_SAMPLE_CONTINUATION}")
                     if isinstance(obj, NextToken):
                         p.pending = ("sample", obj, target, site, name, None, address)
                         return
@@ -268,6 +275,13 @@ class Engine:
                     continue
                 if isinstance(obj, NextToken):
                     p.pending = ("observe", obj, target, site, name, value, address)
+                    return
+                if isinstance(obj, Continuation):  # its tokens are fed with the step's call
+                    try:
+                        scored = obj.observing(value)
+                    except (TypeError, ValueError) as e:
+                        raise type(e)(f"observe() at {site}: {e}") from None
+                    p.pending = ("observe", scored, target, site, name, value, address)
                     return
                 log_w = as_log_weight(obj.log_prob(value), f"observe() at {site}")
                 p.log_likelihood += log_w

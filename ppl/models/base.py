@@ -81,6 +81,30 @@ class LanguageModel(ABC):
         normalised next-token log-probabilities (on the CPU).
         """
 
+    def _extend_scored(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool]
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        """`_extend`, and for each row i with `score[i]`, the log-probability of each of
+        `new_tokens[i][1:]` given the tokens before it (a float tensor of `len - 1` entries).
+
+        Backends that see every position in their forward pass override this to score in the
+        same call. This fallback feeds the scored rows again, one token at a time.
+        """
+        states, logprobs = self._extend(parents, new_tokens)
+        scores: list[torch.Tensor | None] = []
+        for parent, tokens, wanted in zip(parents, new_tokens, score):
+            if not wanted:
+                scores.append(None)
+                continue
+            row = []
+            (state,), lp = self._extend([parent], [tokens[:1]])
+            for k, tok in enumerate(tokens[1:], 2):
+                row.append(float(lp[0, tok]))
+                if k < len(tokens):
+                    (state,), lp = self._extend([state], [[tok]])
+            scores.append(torch.tensor(row))
+        return states, logprobs, scores
+
     # -- shared machinery ----------------------------------------------------------------------
 
     @property
@@ -133,6 +157,14 @@ class LanguageModel(ABC):
         self.tokens_fed += sum(len(t) for t in new_tokens)
         return self._extend(parents, new_tokens)
 
+    def extend_scored(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool]
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        """`_extend_scored` with the counters kept: one call, however many rows it scores."""
+        self.forward_calls += 1
+        self.tokens_fed += sum(len(t) for t in new_tokens)
+        return self._extend_scored(parents, new_tokens, score)
+
     def compute_logprobs(self, contexts: Sequence[Context], *, max_rows: int | None = None) -> Fed:
         """Make sure every context knows its next-token log-probabilities: one batched call.
 
@@ -177,11 +209,20 @@ class LanguageModel(ABC):
         if not groups:
             return 0
         new_tokens = [list(g[0]._pending) for g in groups]
-        states, logprobs = self.extend([g[0]._base for g in groups], new_tokens)
-        for group, state, row in zip(groups, states, logprobs):
+        parents = [g[0]._base for g in groups]
+        # rows whose contexts want each fed token scored (`Context._scores`, continuations)
+        score = [
+            len(t) > 1 and any(c._scores is not None for c in g) for g, t in zip(groups, new_tokens)
+        ]
+        if any(score):
+            states, logprobs, scores = self.extend_scored(parents, new_tokens, score)
+        else:
+            states, logprobs = self.extend(parents, new_tokens)
+            scores = [None] * len(groups)
+        for group, state, row, scored in zip(groups, states, logprobs, scores):
             for ctx in group:
                 if ctx._logprobs is None:  # the same object may appear more than once
-                    ctx._set_fed(state, row)
+                    ctx._set_fed(state, row, scored)
         return sum(len(t) for t in new_tokens)
 
     def reset_counters(self) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -375,6 +375,18 @@ class HFModel(LanguageModel):
     def _extend(
         self, parents: list[Any], new_tokens: list[list[int]]
     ) -> tuple[list[Any], torch.Tensor]:
+        states, logprobs, _ = self._forward(parents, new_tokens, None)
+        return states, logprobs
+
+    def _extend_scored(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool]
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        return self._forward(parents, new_tokens, score)
+
+    def _forward(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool] | None
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        """One forward pass over the rows; the scored rows keep the logits of every position."""
         n = len(parents)
         lens = [len(t) for t in new_tokens]
         if min(lens) == 0:
@@ -434,7 +446,8 @@ class HFModel(LanguageModel):
             # logits at each row's last real token only
             last = [n_ - 1 for n_ in lens]
             keep = sorted(set(last))  # positions whose logits are kept, in order
-            if self._keep_arg is None:
+            scoring = score is not None and any(score)
+            if self._keep_arg is None or scoring:
                 keep = list(range(width))
             elif keep == [width - 1]:
                 kwargs[self._keep_arg] = 1
@@ -446,6 +459,13 @@ class HFModel(LanguageModel):
             kwargs[self._cache_arg] = cache
             out = self.model(input_ids=ids, use_cache=True, **kwargs)
             logits = out.logits  # [n, len(keep), vocab]
+            scores: list[torch.Tensor | None] = [None] * n
+            if scoring:  # every position kept: each fed token's log-probability
+                for i in range(n):
+                    if score[i] and lens[i] > 1:
+                        lp = torch.log_softmax(logits[i, : lens[i] - 1].float(), dim=-1)
+                        nxt = torch.tensor(new_tokens[i][1:], device=device).unsqueeze(1)
+                        scores[i] = lp.gather(1, nxt)[:, 0].cpu()
             if len(keep) == 1:
                 logits = logits[:, 0]
             else:
@@ -461,7 +481,7 @@ class HFModel(LanguageModel):
         del out, cache
 
         group = _KVGroup(keys, values, mask, [s + n_ for s, n_ in zip(starts, lens, strict=True)])
-        return [_KVState(group, i) for i in range(n)], logprobs
+        return [_KVState(group, i) for i in range(n)], logprobs, scores
 
     def _gather(
         self,

@@ -116,3 +116,22 @@ class FunctionLM(LanguageModel):
     ) -> tuple[list[Any], torch.Tensor]:
         states = [(parent or ()) + tuple(new) for parent, new in zip(parents, new_tokens)]
         return states, torch.stack([self.next_token_logprobs(s) for s in states])
+
+    def _extend_scored(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool]
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        states, logprobs = self._extend(parents, new_tokens)
+        scores: list[torch.Tensor | None] = []
+        for parent, new, wanted in zip(parents, new_tokens, score):
+            prefix = parent or ()
+            scores.append(
+                torch.tensor(
+                    [
+                        float(self.next_token_logprobs(prefix + tuple(new[:j]))[new[j]])
+                        for j in range(1, len(new))
+                    ]
+                )
+                if wanted
+                else None
+            )
+        return states, logprobs, scores
