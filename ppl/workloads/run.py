@@ -74,7 +74,7 @@ def map(
     program: Program,
     inputs: Iterable[tuple | list | dict],
     *,
-    seed: int | None = 0,
+    seed: int | tuple[int, ...] | None = 0,
     checkpoint: str | None = None,
     rows: int | None = DEFAULT_ROWS,
     in_flight: int | None = None,
@@ -94,7 +94,8 @@ def map(
         inputs: one entry per item: a tuple (or list) of positional arguments, or a dict of
             keyword arguments.
         seed: item `i` runs with seed `(seed, i)`, so `map(ppl.smc, p, xs, seed=s)[i]` is the
-            run `ppl.smc(p, *xs[i], seed=(s, i))`. None: every item unseeded.
+            run `ppl.smc(p, *xs[i], seed=(s, i))`; a tuple seed `(a, b)` gives `(a, b, i)`.
+            None: every item unseeded.
         checkpoint: a JSONL file: each finished item is appended and flushed at once; a rerun
             with the same file returns what it holds and runs the rest (items that raised are
             run again).
@@ -144,7 +145,7 @@ def imap(
     program: Program,
     inputs: Iterable[tuple | list | dict],
     *,
-    seed: int | None = 0,
+    seed: int | tuple[int, ...] | None = 0,
     checkpoint: str | None = None,
     rows: int | None = DEFAULT_ROWS,
     in_flight: int | None = None,
@@ -196,8 +197,13 @@ def _imap(
         )
     if on_error not in ("record", "raise"):
         raise ValueError(f"ppl.map: on_error must be 'record' or 'raise', got {on_error!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"ppl.map: seed must be a non-negative integer or None, got {seed!r}")
+    parts = seed if isinstance(seed, tuple) else (seed,)
+    if seed is not None and not (
+        parts and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in parts)
+    ):
+        raise ValueError(
+            f"ppl.map: seed must be a non-negative integer, a tuple of them, or None, got {seed!r}"
+        )
     if "progress" in options:
         raise TypeError("ppl.map: progress= is the bar over items; runs of items show none")
     items = [_as_call(i, x) for i, x in enumerate(_listed(inputs))]
@@ -298,7 +304,9 @@ def _item_job(
     options: dict[str, Any],
 ) -> Callable[[], Posterior]:
     """The call that item `index` is: the same as calling it by hand with seed `(seed, index)`."""
-    item_seed = None if seed is None else (seed, index)
+    item_seed = (
+        None if seed is None else (*seed, index) if isinstance(seed, tuple) else (seed, index)
+    )
 
     def job() -> Posterior:
         return method(program, *args, seed=item_seed, **options, **kwargs)

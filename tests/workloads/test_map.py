@@ -119,7 +119,10 @@ def test_keyword_inputs_and_model_given_as_lm():
         (lambda: ppl.map(ppl.smc, letters, ["ab"]), r"input 0 is a str.*\('ab',\)"),
         (lambda: ppl.map(ppl.smc, letters, "ab"), "got a single str"),
         (lambda: ppl.map(ppl.smc, letters, INPUTS, particle=3), "no option 'particle'"),
-        (lambda: ppl.map(ppl.smc, letters, INPUTS, seed=-1), "seed must be"),
+        (
+            lambda: ppl.map(ppl.smc, letters, INPUTS, seed=-1),
+            "seed must be a non-negative integer, a tuple",
+        ),
         (lambda: ppl.map(ppl.smc, letters, [{"particles": 3}]), "options of smc"),
         (lambda: ppl.map(ppl.smc, letters, INPUTS, model=lm), "no parameter named lm"),
         (lambda: ppl.map(ppl.smc, letters.fn, INPUTS), "must be a @ppl.program"),
@@ -151,3 +154,9 @@ def test_shared_steps_pass_errors_of_the_model_to_the_item_that_caused_them():
     assert out[0].error is None and out[2].error is None
     assert isinstance(out[1].error, ValueError) and "another language model" in str(out[1].error)
     assert good._logprobs is not None
+
+
+def test_a_tuple_seed_extends_to_each_item():
+    mapped = ppl.map(ppl.smc, letters, INPUTS[:3], seed=(4, 2), particles=3)
+    for i, args in enumerate(INPUTS[:3]):
+        assert same_run(mapped[i], ppl.smc(letters, *args, seed=(4, 2, i), particles=3))
