@@ -200,7 +200,8 @@ class _Source:
                 filename,
                 fn.__code__.co_firstlineno,
                 f"@program needs the source of {fn.__qualname__}; functions defined in an "
-                "interactive prompt or with exec() have none",
+                "interactive prompt or with exec() have none; write the program in a .py file "
+                "or a notebook cell (Jupyter and IPython keep the source of their cells)",
             ) from None
         module = ast.parse(textwrap.dedent("".join(lines)))
         ast.increment_lineno(module, first - 1)

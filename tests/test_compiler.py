@@ -375,3 +375,32 @@ def test_condition_false_stops_particle_and_reports_statement():
     assert not any(math.isnan(w) for w in post.weights)
     assert "condition(x == 2)" in post.failure
     assert "8 rejected" in post.failure
+
+
+def test_a_function_without_source_is_told_where_programs_live():
+    namespace: dict = {}
+    exec("def typed_at_a_prompt(x):\n    return x\n", namespace)
+    with pytest.raises(ppl.CompileError, match=r"a \.py file or a notebook cell"):
+        ppl.program(namespace["typed_at_a_prompt"])
+
+
+def test_a_notebook_cell_compiles(tmp_path):
+    # IPython compiles each cell under its own file name and keeps the source in linecache
+    import linecache
+
+    source = (
+        "import ppl\n"
+        "@ppl.program\n"
+        "def cell_program(p):\n"
+        "    x = ppl.sample(ppl.distributions.Bernoulli(p))\n"
+        "    return x\n"
+    )
+    name = "<ipython-input-7-0123456789ab>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    try:
+        namespace: dict = {}
+        exec(compile(source, name, "exec"), namespace)
+        post = ppl.importance(namespace["cell_program"], 1.0, particles=3, seed=0)
+        assert post.values == [True, True, True]
+    finally:
+        del linecache.cache[name]
