@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.ppl-installed
 
-.PHONY: demo test test-all bench lint setup clean
+.PHONY: demo test test-all bench lint setup clean notebooks
 
 setup: $(STAMP)
 
@@ -29,9 +29,20 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/smc_vs_generate.py
 
+# The course and the gallery are jupytext "percent" scripts; this writes them as notebooks
+# (without outputs) into notebooks/, which git ignores.
+NOTEBOOKS := $(patsubst tutorials/%.py,notebooks/%.ipynb,\
+	$(wildcard tutorials/course/*.py tutorials/gallery/*.py))
+
+notebooks: $(NOTEBOOKS)
+
+notebooks/%.ipynb: tutorials/%.py $(STAMP)
+	@mkdir -p $(dir $@)
+	$(VENV)/bin/jupytext --quiet --to notebook --output $@ $<
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ppl tests tutorials benchmarks
 	$(VENV)/bin/ruff format --check ppl tests tutorials benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache notebooks
