@@ -29,6 +29,7 @@ import argparse
 import math
 import random
 import re
+import sys
 import time
 import warnings
 from collections import Counter
@@ -277,5 +278,6 @@ if __name__ == "__main__":
     parser.add_argument("--step-tokens", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="scaling_reasoning.png")
-    args = parser.parse_args()
+    # in a notebook, argparse would read the kernel's own arguments
+    args = parser.parse_args([] if "ipykernel" in sys.modules else None)
     main(args.budgets, args.questions, args.steps, args.step_tokens, args.seed, plot=args.plot)
