@@ -446,7 +446,12 @@ class Continuation:
         return ScoredText(self, text)
 
     def log_prob(self, text: str) -> float:
-        """log p(text follows the context) (computes what it needs now)."""
+        """log p(text follows the context) (computes what it needs now).
+
+        The context itself is fed first, once, so scoring many texts after one prompt feeds the
+        prompt once (under inference the step's batched call does this instead).
+        """
+        self.context.logprobs()
         scored = self.observing(text)
         self.context.lm.compute_logprobs(scored._contexts())
         return scored.log_prob(text)

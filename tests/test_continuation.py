@@ -141,3 +141,11 @@ def test_embedded_model_scores_a_text_as_its_tokens_do(embedded_lm):
     eos = sorted(embedded_lm.eos_token_ids)
     expected += float(step.logprobs()[eos].logsumexp(0))
     assert got == pytest.approx(expected, abs=2e-3)
+
+
+def test_scoring_many_texts_after_one_prompt_feeds_the_prompt_once():
+    ctx = lm.context("abcab")
+    lm.reset_counters()
+    for text in ["a", "bc", "cab"]:
+        ctx.continuation().log_prob(text)
+    assert lm.tokens_fed == len(lm.encode("abcab")) + 0 + 1 + 2
