@@ -89,8 +89,8 @@ def main() -> None:
     inputs = [(lm, lm.chat(f"Tell me a story about {t}."), args.max_tokens) for t in topics]
     n, kw = args.particles, {"particles": args.particles, "progress": False}
     print(
-        f"{lm.spec} model on {lm.device}, {torch.get_num_threads()} threads: {len(inputs)} items x {n} "
-        f"particles, at most {args.max_tokens} tokens, row budget {args.rows}"
+        f"{lm.spec} model on {lm.device}, {torch.get_num_threads()} threads: "
+        f"{len(inputs)} items x {n} particles, at most {args.max_tokens} tokens, row budget {args.rows}"
     )
 
     def loop():
