@@ -90,7 +90,8 @@ def main() -> None:
     n, kw = args.particles, {"particles": args.particles, "progress": False}
     print(
         f"{lm.spec} model on {lm.device}, {torch.get_num_threads()} threads: "
-        f"{len(inputs)} items x {n} particles, at most {args.max_tokens} tokens, row budget {args.rows}"
+        f"{len(inputs)} items x {n} particles, at most {args.max_tokens} tokens, "
+        f"row budget {args.rows}"
     )
 
     def loop():
