@@ -20,8 +20,9 @@ def load():
 def test_questions_have_their_answers():
     scaling = load()
     for question, (a, b), answer in scaling.problems(50, seed=1):
-        assert f" {a} " in question and f" {b} " in question
-        assert answer == (a + b if "more" in question else a - b) and answer >= 0
+        problem = question.split("Problem: ")[1]  # after the worked example
+        assert f" {a} " in problem and f" {b} " in problem
+        assert answer == (a + b if "more" in problem else a - b) and answer >= 0
 
 
 def test_the_reward_checks_arithmetic_not_answers():
@@ -35,6 +36,9 @@ def test_the_reward_checks_arithmetic_not_answers():
     assert scaling.answer_of("so 3 + 4 = 7.\nAnswer: 7") == 7
     assert scaling.answer_of("the total is 12 apples") == 12
     assert scaling.answer_of("no number here") is None
+    assert scaling.final_reward("3 + 4 = 7\nAnswer: 7", {7}) == 1.0
+    assert scaling.final_reward("Answer: 4", {7}) == 0.3  # not derived by an equation
+    assert scaling.final_reward("3 + 4 = 7", {7}) == 0.1
 
 
 @pytest.mark.slow
@@ -46,3 +50,4 @@ def test_every_method_runs_at_every_budget(embedded_lm, capsys):
     for by_budget in accuracy.values():
         assert set(by_budget) == {1, 4} and all(0 <= a <= 1 for a in by_budget.values())
     assert "At N=4: particle filter" in out and "tokens fed per question" in out
+    assert "Claim (measured): from N=1 to N=4" in out
