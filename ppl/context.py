@@ -420,6 +420,11 @@ class TokenProposal(NextToken):
         return f"TokenProposal({self.context!r}, proposal={self.proposal!r})"
 
 
+SAMPLE_CONTINUATION = (
+    "a continuation is observed, not sampled: observe(ctx.continuation(), text) scores a given "
+    "text; to sample a whole text use ppl.generate(ctx, ...) or sample ctx.next_token()"
+)
+
 _WANTED = torch.empty(0)  # `Context._scores` of a context whose fed tokens are to be scored
 
 
@@ -457,11 +462,7 @@ class Continuation:
         return scored.log_prob(text)
 
     def sample(self, rng: Any = None) -> str:
-        raise TypeError(
-            "a continuation is observed, not sampled: observe(ctx.continuation(), text) scores a "
-            "given text; to sample a whole text use ppl.generate(ctx, ...) or sample tokens "
-            "with ctx.next_token()"
-        )
+        raise TypeError(SAMPLE_CONTINUATION)
 
     def __deepcopy__(self, memo: dict) -> Continuation:
         return self

@@ -26,15 +26,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ppl.compiler import Code, Program, Site
-from ppl.context import Continuation, NextToken
+from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken
 from ppl.distributions import Proposed
 from ppl.primitives import _IN_COMPILED, PRIMITIVES, as_log_weight, generators, parse_args
 from ppl.trace import Choice, Trace
-
-_SAMPLE_CONTINUATION = (
-    "a continuation is observed, not sampled: observe(ctx.continuation(), text) scores a given "
-    "text; to sample a whole text use ppl.generate(ctx, ...) or sample ctx.next_token()"
-)
 
 # Choices fixed by `condition(program, data)`: (address prefix of that program's call, data).
 Fixed = tuple[tuple[str, Mapping[str, Any]], ...]
@@ -259,11 +254,11 @@ class Engine:
                     if value is not _UNFIXED:
                         kind = "observe"  # a choice fixed by condition(): an observation
                 if kind == "sample":
-                    if isinstance(obj, Continuation):
-                        raise TypeError(f"sample() at {site}: {_SAMPLE_CONTINUATION}")
                     if isinstance(obj, NextToken):
                         p.pending = ("sample", obj, target, site, name, None, address)
                         return
+                    if isinstance(obj, Continuation):
+                        raise TypeError(f"sample() at {site}: {SAMPLE_CONTINUATION}")
                     value = obj.sample(self.rng)
                     log_p = float(obj.log_prob(value))
                     p.trace = _Trace(p.trace, Choice(site, name, value, log_p, address))
