@@ -87,7 +87,8 @@ def main() -> None:
     lm = ppl.models.load(device=args.device)
     topics = (TOPICS * (args.items // len(TOPICS) + 1))[: args.items]
     inputs = [(lm, lm.chat(f"Tell me a story about {t}."), args.max_tokens) for t in topics]
-    n, kw = args.particles, {"particles": args.particles, "progress": False}
+    # record=False: the loop runs as ppl.map runs each item (without a per-step record)
+    n, kw = args.particles, {"particles": args.particles, "progress": False, "record": False}
     print(
         f"{lm.spec} model on {lm.device}, {torch.get_num_threads()} threads: "
         f"{len(inputs)} items x {n} particles, at most {args.max_tokens} tokens, "

@@ -76,7 +76,9 @@ def per_particle_step(prog, particles: int, steps: int, threshold: float, repeat
     times, resamplings = [], 0
     for r in range(repeats):
         start = time.perf_counter()
-        post = ppl.smc(prog, steps, particles=particles, ess_threshold=threshold, seed=r)
+        post = ppl.smc(
+            prog, steps, particles=particles, ess_threshold=threshold, seed=r, record=False
+        )
         times.append(time.perf_counter() - start)
         resamplings = len(post.resampled)
     return min(times) / (particles * steps) * 1e6, resamplings

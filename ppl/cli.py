@@ -301,6 +301,9 @@ def write_html(results: Results, path: Path, out: TextIO) -> None:
         if not isinstance(result, Posterior):
             continue
         target = path if len(results) == 1 else path.with_name(f"{path.stem}-{i}{path.suffix}")
+        if result.history is None:
+            print(f"html: item {i} has no record of its steps (run without --html)", file=out)
+            continue
         result.html(str(target), title=f"ppl {result.method} run, item {i}")
         print(f"html: {target}", file=out)
 
@@ -435,8 +438,8 @@ def _parser() -> argparse.ArgumentParser:
         "--html",
         metavar="FILE.html",
         help="a page of each run's steps (smc, importance, smc_steer; runs them with "
-        "record=True, which is part of the settings an --out file is resumed with): FILE.html "
-        "for one item, FILE-<i>.html for item i of several",
+        "record=True): FILE.html for one item, FILE-<i>.html for item i of several; items "
+        "resumed from an --out file written without --html have no record and no page",
     )
     p.add_argument(
         "--model",

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ppl.compiler import Code, Program, Site
-from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken
+from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken, Token
 from ppl.distributions import Proposed
 from ppl.primitives import _IN_COMPILED, PRIMITIVES, as_log_weight, generators, parse_args
 from ppl.trace import Choice, Trace
@@ -183,9 +183,14 @@ class Engine:
         """Run each live particle without a pending choice until it makes one or finishes."""
         _IN_COMPILED[0] = True
         try:
-            for p in particles:
+            for i, p in enumerate(particles):
                 if p.alive and p.pending is None:
-                    self._advance(p)
+                    try:
+                        self._advance(p)
+                    except Exception as e:
+                        if hasattr(e, "add_note"):
+                            e.add_note(_which_particle(p, i, len(particles)))
+                        raise
         finally:
             _IN_COMPILED[0] = False
 
@@ -388,3 +393,19 @@ def _primitive_kind(callee: Any) -> str | None:
         return PRIMITIVES.get(callee)
     except TypeError:  # unhashable callable
         return None
+
+
+def _which_particle(p: Particle, i: int, n: int) -> str:
+    """Which particle raised, and the text of its tokens so far (the end of it when long)."""
+    pieces = []
+    node = p.trace
+    while node is not None:
+        value = node.choice.value
+        if isinstance(value, Token):
+            pieces.append("" if value.is_eos else value.text)
+        node = node.prev
+    text = "".join(reversed(pieces))
+    if len(text) > 300:
+        text = "..." + text[-300:]
+    tokens = f"its text so far: {text!r}" if pieces else "it had drawn no tokens yet"
+    return f"raised in particle {i} of {n}; {tokens}"

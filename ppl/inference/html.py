@@ -1,9 +1,21 @@
-"""A self-contained HTML view of an SMC run: particles per step, their text, weights, ancestry.
+"""A self-contained HTML view of a particle run: the prompt, particles per step, ancestry, ESS.
 
-`Recorder` keeps a light snapshot of the particles at every step of a run made with
-`record=True`; `render` turns a recorded `Posterior` into one HTML page (data as embedded JSON,
-drawn by a short inline script) that a browser opens from a file, with no server and nothing
-fetched from the network.
+`Recorder` keeps a light snapshot of the particles at every step of an `smc`, `importance` or
+`smc_steer` run; `render` turns a recorded `Posterior` into one HTML page that a browser opens
+from a file, with no server and nothing fetched from the network. The page holds the prompt, a
+legend, a strip of the ESS and the running log evidence over the steps (inline SVG), the
+distinct final texts with their weights, and the particles of every step (embedded JSON drawn
+by a short inline script).
+
+When a run records (`record=` of the three methods):
+
+* `record=True` always, `record=False` never;
+* `record=None` (the default) records runs of at most `AUTO_PARTICLES` particles, and drops the
+  record if it grows past `AUTO_BYTES` (the reason is then in `diagnostics["record"]`).
+
+A record costs about `BYTES_PER_PARTICLE_STEP` bytes per particle per step plus the particle's
+text so far (texts are kept whole at every step, so a run of N particles making T tokens of c
+characters holds about N T (120 + c T / 2) bytes).
 """
 
 from __future__ import annotations
@@ -16,32 +28,76 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ppl.context import Context
 from ppl.inference.posterior import normalise
 
 if TYPE_CHECKING:
     from ppl.inference.engine import Particle
     from ppl.inference.posterior import Posterior
 
+AUTO_PARTICLES = 256
+"""`record=None` records runs of at most this many particles."""
+AUTO_BYTES = 32 * 2**20
+"""`record=None` drops a record that grows past this many bytes (estimated)."""
+BYTES_PER_PARTICLE_STEP = 120
+"""Measured size of one particle's snapshot at one step, its text aside: the weights (two
+floats), its state, its parent and the list slots holding them."""
+MAX_PROMPTS = 8
+"""At most this many distinct prompts are kept."""
+METHODS = ("smc", "importance", "smc_steer")
+
+
+def recorder_for(record: bool | None, particles: int) -> Recorder | None:
+    """The recorder of a run of `particles` particles under `record=` (None: automatic)."""
+    if record is None:
+        return Recorder(limit=AUTO_BYTES) if particles <= AUTO_PARTICLES else None
+    if not isinstance(record, (bool, np.bool_)):
+        raise TypeError(
+            f"record must be True, False or None (automatic), got {type(record).__name__}"
+        )
+    return Recorder() if record else None
+
 
 class Recorder:
-    """Per-step records: `{"step", "texts", "log_weights", "weights", "states", "parents"}`.
+    """Per-step records: `{"step", "texts", "log_weights", "weights", "states", "parents",
+    "prompts"}`.
 
     `parents[i]` (set when the particles were resampled after that step) is the index, in that
     step, of the parent of particle i of the next step; None means no resampling (i -> i).
+    `prompts` lists the prompts of the language-model contexts first met at that step (those
+    of the contexts the particles wait on; at most `MAX_PROMPTS` over the run).
+
+    With a `limit` (bytes, estimated), a record that grows past it is dropped: `finish` then
+    leaves `history` None and says why in `diagnostics["record"]`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.steps: list[dict[str, Any]] = []
+        self.limit = limit
+        self.size = 0
+        self.dropped_at: int | None = None
         self._text_cache: dict[int, Any] = {}
+        self._prompts: dict[str, None] = {}
 
     def step(self, particles: Sequence[Particle], log_weights: np.ndarray) -> None:
         from ppl.inference.mcmc import token_text
 
+        if self.dropped_at is not None:
+            return
+        texts = [token_text(p.trace, self._text_cache) for p in particles]
+        prompts = self._new_prompts(particles)
+        self.size += BYTES_PER_PARTICLE_STEP * len(texts) + sum(map(len, texts))
+        self.size += sum(map(len, prompts))
+        if self.limit is not None and self.size > self.limit:
+            self.dropped_at = len(self.steps)
+            self.steps = []
+            self._text_cache = {}
+            return
         lw = np.asarray(log_weights, dtype=float)
         self.steps.append(
             {
                 "step": len(self.steps),
-                "texts": [token_text(p.trace, self._text_cache) for p in particles],
+                "texts": texts,
                 "log_weights": [float(x) if math.isfinite(x) else None for x in lw],
                 "weights": normalise(lw).tolist(),
                 "states": [
@@ -49,41 +105,141 @@ class Recorder:
                     for p in particles
                 ],
                 "parents": None,
+                "prompts": prompts,
             }
         )
 
     def resampled(self, parents: np.ndarray) -> None:
-        self.steps[-1]["parents"] = [int(i) for i in parents]
+        if self.dropped_at is None:
+            self.steps[-1]["parents"] = [int(i) for i in parents]
 
+    def finish(self, post: Posterior) -> None:
+        """Hand the record to the run's posterior (or say why there is none)."""
+        if self.dropped_at is None:
+            post.history = self.steps
+            return
+        post.diagnostics["record"] = (
+            f"the per-step record was dropped at step {self.dropped_at}: it passed "
+            f"{(self.limit or 0) / 2**20:.0f} MiB, the limit of record=None"
+        )
+
+    def _new_prompts(self, particles: Sequence[Particle]) -> list[str]:
+        new: list[str] = []
+        if len(self._prompts) >= MAX_PROMPTS:
+            return new
+        for p in particles:
+            pending = p.pending
+            ctx = getattr(pending[1], "context", None) if pending else None
+            if isinstance(ctx, Context) and ctx.prompt not in self._prompts:
+                self._prompts[ctx.prompt] = None
+                new.append(ctx.prompt)
+                if len(self._prompts) >= MAX_PROMPTS:
+                    break
+        return new
+
+
+def no_record_reason(posterior: Posterior) -> str:
+    """Why `posterior` has no per-step record, and how to get one."""
+    method = posterior.method
+    if method not in METHODS:
+        return (
+            f"html() draws the particles of an smc, importance or smc_steer run step by step; "
+            f"a {method} run has no such steps. Run ppl.smc(...): it keeps a record by default "
+            f"for up to {AUTO_PARTICLES} particles, and record=True keeps one for any run"
+        )
+    dropped = posterior.diagnostics.get("record")
+    if dropped:
+        why = str(dropped)
+    elif posterior.num_particles > AUTO_PARTICLES:
+        why = (
+            f"runs of more than {AUTO_PARTICLES} particles keep none unless asked, and this one "
+            f"has {posterior.num_particles}"
+        )
+    else:
+        why = "it was run with record=False (as ppl.map runs are unless given record=True)"
+    return (
+        f"this {method} run has no per-step record for html(): {why}. Run it again with "
+        "record=True to keep one"
+    )
+
+
+# -- the page ------------------------------------------------------------------------------------
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em; color: #222; }
 h1 { font-size: 1.2em; }
+h2 { font-size: 1em; margin: 1.2em 0 0.4em; }
 #summary { white-space: pre; font-family: monospace; font-size: 12px; margin-bottom: 1em; }
-#run { position: relative; }
-.step-label { position: absolute; top: 0; font-size: 12px; color: #555; }
+.prompt { font-family: monospace; font-size: 12px; white-space: pre-wrap;
+  overflow-wrap: anywhere; background: #f4f4f8; border-left: 3px solid #99a;
+  padding: 4px 8px; margin: 4px 0; max-width: 60em; }
+.prompt-from { font-size: 11px; color: #666; }
+.none { color: #777; font-style: italic; }
+#legend { font-size: 12px; display: grid; grid-template-columns: max-content 1fr;
+  gap: 4px 10px; align-items: center; max-width: 60em; }
+.swatch { display: inline-block; width: 34px; height: 14px; box-sizing: border-box;
+  border-radius: 3px; border: 1px solid #99a; background: #fff; vertical-align: middle; }
+.swatch.done { border-color: #393; background: #f2fbf2; }
+.swatch.dead { border-color: #c66; background: #fbf2f2; }
+.swatch.bar { height: 4px; border: none; background: #36c; }
+.swatch.link { height: 0; border: none; border-top: 1px solid #ccd; border-radius: 0; }
+.swatch.link.resample { border-top: 2px solid #e80; }
+.swatch.ess { height: 0; border: none; border-top: 2px solid #36c; border-radius: 0; }
+.swatch.threshold { height: 0; border: none; border-top: 1px dashed #666; border-radius: 0; }
+.swatch.mark { width: 2px; height: 14px; border: none; background: #e80; border-radius: 0;
+  margin: 0 16px; }
+.swatch.logz { height: 0; border: none; border-top: 2px solid #393; border-radius: 0; }
+svg.strip { display: block; background: #fcfcfd; border: 1px solid #e4e4ea; }
+svg.strip text { font-size: 11px; fill: #555; font-family: system-ui, sans-serif; }
+table.finals { border-collapse: collapse; font-size: 12px; max-width: 70em; }
+table.finals td, table.finals th { padding: 3px 8px; border-bottom: 1px solid #eee;
+  vertical-align: top; text-align: left; }
+table.finals td.num { font-family: monospace; white-space: nowrap; text-align: right; }
+.final-text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; }
+#run { position: relative; margin-top: 0.5em; }
+.step-label { position: absolute; top: 0; font-size: 12px; color: #555; white-space: nowrap; }
 .particle { position: absolute; box-sizing: border-box; border: 1px solid #99a;
   border-radius: 4px; padding: 2px 4px; font-size: 11px; overflow: hidden; background: #fff; }
 .particle.done { border-color: #393; background: #f2fbf2; }
 .particle.dead { border-color: #c66; background: #fbf2f2; color: #999; }
-.particle .text { font-family: monospace; white-space: pre; overflow: hidden;
-  text-overflow: ellipsis; direction: rtl; text-align: left; }
+.particle .text { font-family: monospace; white-space: pre; overflow: hidden; direction: ltr;
+  text-align: left; }
 .particle .bar { height: 4px; background: #36c; margin-top: 2px; }
-.particle .w { color: #666; }
+.particle .w { color: #666; white-space: nowrap; }
 svg.ancestry-layer { position: absolute; left: 0; top: 0; pointer-events: none; }
 line.ancestry { stroke: #ccd; stroke-width: 1; }
 line.ancestry.resample { stroke: #e80; stroke-width: 1.5; }
 """
 
-_SCRIPT = """
+# Boxes show the end of a text: what a particle added last is what changes between steps. The
+# text is cut to the characters that fit, after a "…", and always reads left to right.
+_SCRIPT = r"""
 (function () {
   const data = JSON.parse(document.getElementById('ppl-data').textContent);
   const W = 190, GAP = 40, H = 44, TOP = 20;
   const run = document.getElementById('run');
   const steps = data.steps;
-  const n = steps.length ? steps[0].texts.length : 0;
+  let n = 0;
+  steps.forEach(function (s) { n = Math.max(n, s.texts.length); });
   run.style.width = (steps.length * (W + GAP)) + 'px';
   run.style.height = (TOP + n * H + 10) + 'px';
+  // characters that fit on a box's line, from the width of the box font
+  const probe = document.createElement('div');
+  probe.className = 'particle';
+  probe.style.visibility = 'hidden';
+  const probeText = document.createElement('span');
+  probeText.className = 'text';
+  probeText.textContent = 'MMMMMMMMMMMMMMMMMMMM';
+  probe.appendChild(probeText);
+  run.appendChild(probe);
+  const charWidth = probeText.getBoundingClientRect().width / 20 || 7;
+  run.removeChild(probe);
+  const fits = Math.max(4, Math.floor((W - 10) / charWidth));
+  function shown(text) {
+    const chars = Array.from(text.replace(/\r?\n/g, '\u23ce'));
+    if (chars.length <= fits) return chars.join('');
+    return '\u2026' + chars.slice(chars.length - fits + 1).join('');
+  }
   const svgNS = 'http://www.w3.org/2000/svg';
   const svg = document.createElementNS(svgNS, 'svg');
   svg.setAttribute('class', 'ancestry-layer');
@@ -95,7 +251,9 @@ _SCRIPT = """
     const label = document.createElement('div');
     label.className = 'step-label';
     label.style.left = x + 'px';
-    label.textContent = 'step ' + s.step + (s.parents ? ' (resampled)' : '');
+    const ess = data.ess[t];
+    label.textContent = 'step ' + s.step + (s.parents ? ' (resampled)' : '') +
+      (ess === undefined || ess === null ? '' : '  ESS ' + ess.toFixed(1));
     run.appendChild(label);
     s.texts.forEach(function (text, i) {
       const d = document.createElement('div');
@@ -105,7 +263,7 @@ _SCRIPT = """
       d.style.width = W + 'px'; d.style.height = (H - 6) + 'px';
       d.title = text;
       const tx = document.createElement('div');
-      tx.className = 'text'; tx.textContent = text === '' ? '\\u00a0' : text;
+      tx.className = 'text'; tx.textContent = text === '' ? '\u00a0' : shown(text);
       const bar = document.createElement('div');
       bar.className = 'bar'; bar.style.width = Math.round(100 * s.weights[i]) + '%';
       const w = document.createElement('div');
@@ -134,22 +292,244 @@ _SCRIPT = """
 })();
 """
 
+_LEGEND = [
+    (
+        "swatch",
+        "a running particle: its text so far (the end of it after '…' when long; hover "
+        "for all of it), its index, normalised weight w and log weight",
+    ),
+    ("swatch done", "a finished particle: its program returned"),
+    ("swatch dead", "a dead particle: weight zero (a condition failed, or it raised)"),
+    ("swatch bar", "the particle's normalised weight (full width: all of it)"),
+    ("swatch link", "the particle goes on to the next step"),
+    (
+        "swatch link resample",
+        "resampling: each particle of the next step comes from the parent "
+        "its orange line starts at (smc_steer: the child kept from that parent)",
+    ),
+    ("swatch ess", "strip: effective sample size (ESS) after each step's reweighting"),
+    ("swatch threshold", "strip: the ESS below which the run resamples"),
+    ("swatch mark", "strip: a step after which the particles were resampled"),
+    ("swatch logz", "strip: the running estimate of the log evidence, log Z"),
+]
+_FINALS_SHOWN = 50
+
+
+def _esc(x: Any) -> str:
+    return _html.escape(str(x), quote=True)
+
+
+def _prompt_section(steps: list[dict[str, Any]]) -> str:
+    found = [(s["step"], p) for s in steps for p in s.get("prompts") or ()]
+    if not found:
+        return (
+            "<h2>Prompt</h2><div id='prompt' class='none'>no language-model context was met "
+            "(the particles made no model call)</div>"
+        )
+    head = "Prompt" if len(found) == 1 else f"Prompts ({len(found)} distinct)"
+    parts = [f"<h2>{head}</h2><div id='prompt'>"]
+    for step, prompt in found:
+        if len(found) > 1:
+            parts.append(f"<div class='prompt-from'>first met at step {step}</div>")
+        shown = _esc(prompt) if prompt else "<span class='none'>(empty)</span>"
+        parts.append(f"<div class='prompt'>{shown}</div>")
+    if len(found) >= MAX_PROMPTS:
+        parts.append(f"<div class='none'>only the first {MAX_PROMPTS} are kept</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _resamples_below(posterior: Posterior) -> float | None:
+    """The ESS under which the run resampled (None: no such threshold, as in smc_steer)."""
+    threshold = posterior.stats.get("ess_threshold")
+    if isinstance(threshold, (int, float)) and threshold > 0:
+        return float(threshold) * posterior.num_particles
+    return None
+
+
+def _legend(posterior: Posterior) -> str:
+    has_threshold = _resamples_below(posterior) is not None
+    rows = "".join(
+        f"<span class='{cls}'></span><span>{_esc(text)}</span>"
+        for cls, text in _LEGEND
+        if has_threshold or cls != "swatch threshold"
+    )
+    return f"<h2>Legend</h2><div id='legend'>{rows}</div>"
+
+
+def _series(values: Sequence[float], n: int) -> list[float | None]:
+    out: list[float | None] = []
+    for i in range(n):
+        x = float(values[i]) if i < len(values) else math.nan
+        out.append(x if math.isfinite(x) else None)
+    return out
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _short(x: float) -> str:
+    """A value for an axis label, rounding noise (1e-16) away."""
+    return f"{round(x, 6) + 0.0:.4g}"
+
+
+def _strip(posterior: Posterior, steps: list[dict[str, Any]]) -> str:
+    """Inline SVG: ESS per step (threshold, resampling marks) over the running log evidence."""
+    n_steps = len(steps)
+    if n_steps == 0:
+        return ""
+    ess = _series(posterior.ess, n_steps)
+    log_z = _series(posterior.log_evidence_steps, n_steps)
+    n = max([1, posterior.num_particles] + [len(s["texts"]) for s in steps])
+    width, left, right, panel, gap, top = 760, 64, 16, 90, 28, 12
+    plot_w = width - left - right
+    height = top + 2 * panel + gap + 24
+
+    def x_of(t: int) -> float:
+        return left + (plot_w * t / (n_steps - 1) if n_steps > 1 else plot_w / 2)
+
+    out = [
+        f"<svg class='strip' id='strip' xmlns='http://www.w3.org/2000/svg' width='{width}' "
+        f"height='{height}' role='img' aria-label='ESS and running log evidence per step'>"
+    ]
+    y0, y1 = top, top + panel  # ESS panel
+
+    def y_ess(v: float) -> float:
+        return y1 - (v / n) * panel
+
+    out.append(
+        f"<rect x='{left}' y='{y0}' width='{plot_w}' height='{panel}' fill='#fff' stroke='#ddd'/>"
+    )
+    for t in posterior.resampled:
+        if 0 <= t < n_steps:
+            x = _num(x_of(t))
+            out.append(
+                f"<line class='resample-mark' x1='{x}' x2='{x}' y1='{y0}' "
+                f"y2='{top + 2 * panel + gap}' stroke='#e80' stroke-width='1' "
+                f"stroke-opacity='0.7'><title>resampled after step {t}</title></line>"
+            )
+    level = _resamples_below(posterior)
+    if level is not None:
+        y = _num(y_ess(level))
+        out.append(
+            f"<line class='threshold' x1='{left}' x2='{left + plot_w}' y1='{y}' y2='{y}' "
+            "stroke='#666' stroke-dasharray='4 3'/>"
+            f"<text x='{left + plot_w - 2}' y='{_num(y_ess(level) - 3)}' "
+            f"text-anchor='end'>resample below {level:.3g}</text>"
+        )
+    points = [(t, x_of(t), y_ess(v), v) for t, v in enumerate(ess) if v is not None]
+    out.append(_polyline("ess-line", "#36c", points, "ESS"))
+    out.append(
+        f"<text x='{left - 6}' y='{y0 + 10}' text-anchor='end'>{n:.4g}</text>"
+        f"<text x='{left - 6}' y='{y1}' text-anchor='end'>0</text>"
+        f"<text x='6' y='{y0 + panel / 2 + 4}'>ESS</text>"
+    )
+    z0, z1 = y1 + gap, y1 + gap + panel  # log evidence panel
+    out.append(
+        f"<rect x='{left}' y='{z0}' width='{plot_w}' height='{panel}' fill='#fff' stroke='#ddd'/>"
+    )
+    finite = [v for v in log_z if v is not None]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        if hi - lo < 1e-9:
+            lo, hi = lo - 1.0, hi + 1.0
+
+        def y_z(v: float) -> float:
+            return z1 - 4 - (v - lo) / (hi - lo) * (panel - 8)
+
+        points = [(t, x_of(t), y_z(v), v) for t, v in enumerate(log_z) if v is not None]
+        out.append(_polyline("logz-line", "#393", points, "log Z"))
+        out.append(
+            f"<text x='{left - 6}' y='{z0 + 10}' text-anchor='end'>{_short(hi)}</text>"
+            f"<text x='{left - 6}' y='{z1}' text-anchor='end'>{_short(lo)}</text>"
+        )
+    else:
+        out.append(f"<text x='{left + 8}' y='{z0 + panel / 2}'>log Z is -inf at every step</text>")
+    out.append(f"<text x='6' y='{z0 + panel / 2 + 4}'>log Z</text>")
+    out.append(
+        f"<text x='{left}' y='{height - 6}'>step 0</text>"
+        f"<text x='{left + plot_w}' y='{height - 6}' text-anchor='end'>step "
+        f"{n_steps - 1}</text></svg>"
+    )
+    return "<h2>ESS and evidence</h2>" + "".join(out)
+
+
+def _polyline(
+    cls: str, colour: str, points: list[tuple[int, float, float, float]], name: str
+) -> str:
+    """A line through `points` (step, x, y, value), with a dot per step when there are few."""
+    if not points:
+        return ""
+    path = " ".join(f"{_num(x)},{_num(y)}" for _, x, y, _ in points)
+    out = [
+        f"<polyline class='{cls}' points='{path}' fill='none' stroke='{colour}' "
+        "stroke-width='1.5'/>"
+    ]
+    if len(points) <= 200:
+        for t, x, y, v in points:
+            out.append(
+                f"<circle cx='{_num(x)}' cy='{_num(y)}' r='2' fill='{colour}'>"
+                f"<title>step {t}: {name} {v:.4g}</title></circle>"
+            )
+    return "".join(out)
+
+
+def _finals(steps: list[dict[str, Any]]) -> str:
+    """The distinct texts of the last step, heaviest first, with total weight and count."""
+    last = steps[-1] if steps else {"texts": [], "weights": []}
+    groups: dict[str, list[float]] = {}
+    zero = 0
+    for text, w in zip(last["texts"], last["weights"]):
+        if w > 0:
+            g = groups.setdefault(text, [0.0, 0])
+            g[0] += w
+            g[1] += 1
+        else:
+            zero += 1
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])
+    rows = []
+    for text, (w, k) in ranked[:_FINALS_SHOWN]:
+        shown = _esc(text) if text else "<span class='none'>(empty)</span>"
+        rows.append(
+            f"<tr><td class='num'>{w:.3f}</td><td class='num'>{int(k)}</td>"
+            f"<td><div class='final-text'>{shown}</div></td></tr>"
+        )
+    notes = []
+    if len(ranked) > _FINALS_SHOWN:
+        notes.append(f"{len(ranked) - _FINALS_SHOWN} lighter texts not shown")
+    if zero:
+        notes.append(f"{zero} particle{'s' if zero != 1 else ''} with weight zero left out")
+    note = f"<div class='none'>{'; '.join(notes)}</div>" if notes else ""
+    if not rows:
+        return (
+            "<h2>Final texts</h2><div id='finals' class='none'>no particle has positive "
+            f"weight</div>{note}"
+        )
+    return (
+        "<h2>Final texts</h2><table class='finals' id='finals'><tr><th>weight</th>"
+        f"<th>particles</th><th>text</th></tr>{''.join(rows)}</table>{note}"
+    )
+
 
 def render(posterior: Posterior, title: str | None = None) -> str:
     """The HTML page of a recorded run (see the module docstring)."""
     if posterior.history is None:
-        raise ValueError(
-            "this posterior has no per-step record; run smc(..., record=True) (or "
-            "importance/smc_steer with record=True) to make one for html()"
-        )
+        raise ValueError(no_record_reason(posterior))
+    steps = posterior.history
     title = title or f"ppl {posterior.method} run"
-    data = json.dumps({"steps": posterior.history}, allow_nan=False)
+    data = json.dumps({"steps": steps, "ess": _series(posterior.ess, len(steps))}, allow_nan=False)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{_html.escape(title)}</h1>"
-        f"<div id='summary'>{_html.escape(posterior.summary())}</div>"
+        "<!DOCTYPE html>\n<html lang='en' dir='ltr'><head><meta charset='utf-8'>"
+        f"<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{_esc(title)}</h1>"
+        f"{_prompt_section(steps)}"
+        f"<div id='summary'>{_esc(posterior.summary())}</div>"
+        f"{_legend(posterior)}"
+        f"{_strip(posterior, steps)}"
+        f"{_finals(steps)}"
+        "<h2>Particles, step by step</h2>"
         "<div id='status'>needs JavaScript to draw the particles</div>"
         "<div id='run'></div>"
         f"<script type='application/json' id='ppl-data'>{data}</script>"

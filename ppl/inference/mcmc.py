@@ -72,6 +72,7 @@ from ppl.compiler import Program
 from ppl.context import Token
 from ppl.inference.engine import Choice, Engine, Particle, _Trace
 from ppl.inference.posterior import Posterior, log_sum_exp, normalise
+from ppl.inference.progress import chains_bar, chains_status
 
 
 class Snapshot(NamedTuple):
@@ -425,6 +426,7 @@ def mh(
     init: str | Posterior = "prior",
     seed: int | None = None,
     errors: str = "raise",
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """Regeneration Metropolis-Hastings: `chains` chains of `steps` kept states each.
@@ -445,6 +447,10 @@ def mh(
     are also given apart ("init_forward_calls", "init_tokens_fed"). The first `warmup` states
     of each chain are dropped. The result has equal weights, `acceptance` per chain and no
     evidence estimate (`log_evidence` is None).
+
+    `progress` is a progress bar (chain steps done out of chains x (warmup + steps), with the
+    acceptance rate so far): True shows it, False hides it, None (the default) shows it when
+    stderr is a terminal or in a Jupyter notebook.
     """
     chains = _check_count("chains", chains)
     steps = _check_count("steps", steps)
@@ -452,16 +458,27 @@ def mh(
     prop = get_proposal(proposal)
     engine = Engine(program, args, kwargs, seed, errors)
     start = time.perf_counter()
-    states = mh_init(engine, chains, init)
-    init_cost = engine.counters()
-    kept: list[list[Execution]] = [[] for _ in range(chains)]
-    accepted = np.zeros(chains)
-    for s in range(warmup + steps):
-        states, info = mh_step(engine, states, prop)
-        if s >= warmup:
-            accepted += info.accepted
-            for c, x in enumerate(states):
-                kept[c].append(x)
+    total = warmup + steps
+    bar = chains_bar(progress, "mh", chains, total)
+    try:
+        bar.show(0, f"chains {chains}, initialising")
+        states = mh_init(engine, chains, init)
+        init_cost = engine.counters()
+        kept: list[list[Execution]] = [[] for _ in range(chains)]
+        accepted = np.zeros(chains)
+        moves_accepted = 0  # warmup included, for the bar
+        for s in range(total):
+            states, info = mh_step(engine, states, prop)
+            moves_accepted += int(info.accepted.sum())
+            if s >= warmup:
+                accepted += info.accepted
+                for c, x in enumerate(states):
+                    kept[c].append(x)
+            if bar.due() or s == total - 1:
+                rate = moves_accepted / (chains * (s + 1))
+                bar.show(*chains_status(chains, s + 1, total, rate, warmup))
+    finally:
+        bar.close()
     post = _chain_posterior("mh", engine, kept, accepted / steps, start, None)
     post.stats["init"] = init if isinstance(init, str) else f"{init.method} Posterior"
     post.stats["init_forward_calls"] = init_cost["forward_calls"]
@@ -590,6 +607,7 @@ def pimh(
     steps: int = 20,
     seed: int | None = None,
     errors: str = "raise",
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """Particle independent Metropolis-Hastings: SMC sweeps as independent proposals.
@@ -598,6 +616,10 @@ def pimh(
     weights and accepts it with probability min(1, Z'/Z), Z' and Z the evidence estimates of
     the new and the current sweep. `log_evidence` is the log of the mean of all sweeps'
     estimates, an unbiased estimate of Z.
+
+    `progress` is a progress bar (steps done out of `steps`, with the acceptance rate and the
+    running log evidence estimate): True shows it, False hides it, None (the default) shows it
+    when stderr is a terminal or in a Jupyter notebook.
     """
     particles = _check_count("particles", particles)
     steps = _check_count("steps", steps)
@@ -608,16 +630,23 @@ def pimh(
     sweeps = []
     kept: list[Execution] = []
     accepted = 0
-    for _ in range(steps):
-        runs, lw, log_z = smc_sweep(engine, particles)
-        sweeps.append(log_z)
-        if log_z > -math.inf:
-            pick = runs[int(engine.rng.choice(particles, p=normalise(lw)))]
-            if current is None or math.log(engine.rng.random()) < log_z - current_log_z:
-                current, current_log_z = pick, log_z
-                accepted += 1
-        if current is not None:
-            kept.append(current)
+    bar = chains_bar(progress, "pimh", 1, steps)
+    try:
+        for s in range(steps):
+            runs, lw, log_z = smc_sweep(engine, particles)
+            sweeps.append(log_z)
+            if log_z > -math.inf:
+                pick = runs[int(engine.rng.choice(particles, p=normalise(lw)))]
+                if current is None or math.log(engine.rng.random()) < log_z - current_log_z:
+                    current, current_log_z = pick, log_z
+                    accepted += 1
+            if current is not None:
+                kept.append(current)
+            if bar.due() or s == steps - 1:
+                z = log_sum_exp(np.array(sweeps)) - math.log(len(sweeps))
+                bar.show(*chains_status(1, s + 1, steps, accepted / (s + 1), log_z=z))
+    finally:
+        bar.close()
     if not kept:
         raise ValueError(
             f"pimh: every one of {steps} SMC sweeps gave zero evidence; "
@@ -636,6 +665,7 @@ def pgibbs(
     steps: int = 50,
     seed: int | None = None,
     errors: str = "raise",
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """Particle Gibbs: conditional SMC sweeps, each keeping the previous sample as reference.
@@ -643,6 +673,10 @@ def pgibbs(
     The first sweep is plain SMC. Each later sweep runs `particles` - 1 fresh particles beside
     the reference (particle 0, never resampled away) and draws the next reference from the final
     weights. `acceptance` reports how often the reference changed.
+
+    `progress` is a progress bar (steps done out of `steps`, with how often the reference
+    changed so far): True shows it, False hides it, None (the default) shows it when stderr is
+    a terminal or in a Jupyter notebook.
     """
     particles = _check_count("particles", particles, 2)
     steps = _check_count("steps", steps)
@@ -651,18 +685,26 @@ def pgibbs(
     reference: Execution | None = None
     kept: list[Execution] = []
     changed = 0
-    for _ in range(steps):
-        runs, lw, _ = smc_sweep(engine, particles, reference)
-        w = normalise(lw)
-        if w.sum() == 0:
-            if reference is None:
-                continue  # no execution with positive weight yet
-            raise AssertionError("conditional SMC lost its reference")  # cannot happen
-        k = int(engine.rng.choice(particles, p=w))
-        if reference is not None and k != 0:
-            changed += 1
-        reference = runs[k]
-        kept.append(reference)
+    bar = chains_bar(progress, "pgibbs", 1, steps)
+    try:
+        for s in range(steps):
+            if bar.due():
+                rate = changed / max(1, len(kept) - 1)
+                bar.show(*chains_status(1, s, steps, rate))
+            runs, lw, _ = smc_sweep(engine, particles, reference)
+            w = normalise(lw)
+            if w.sum() == 0:
+                if reference is None:
+                    continue  # no execution with positive weight yet
+                raise AssertionError("conditional SMC lost its reference")  # cannot happen
+            k = int(engine.rng.choice(particles, p=w))
+            if reference is not None and k != 0:
+                changed += 1
+            reference = runs[k]
+            kept.append(reference)
+        bar.show(*chains_status(1, steps, steps, changed / max(1, len(kept) - 1)))
+    finally:
+        bar.close()
     if not kept:
         raise ValueError(
             f"pgibbs: no SMC sweep found an execution with positive weight; "

@@ -27,6 +27,7 @@ from ppl.compiler import Program
 from ppl.distributions import NumPyro, _to_python
 from ppl.handlers import Messenger, replay, trace
 from ppl.inference.posterior import Posterior
+from ppl.inference.progress import enabled
 from ppl.primitives import Message, generators, is_traced
 from ppl.trace import Choice, Trace
 
@@ -67,6 +68,7 @@ def nuts(
     warmup: int = 500,
     seed: int | None = None,
     target_accept: float = 0.8,
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """NumPyro's No-U-Turn sampler on `program(*args, **kwargs)`: `samples` draws after `warmup`.
@@ -76,6 +78,10 @@ def nuts(
     the draws in order, `traces` their choices (`Trace`), `log_evidence` is None (NUTS does not
     estimate it), `acceptance` the mean acceptance probability, and `diagnostics` the number of
     divergent transitions and the effective sample size of each choice.
+
+    `progress` is NumPyro's progress bar (warmup / sample steps, step size, acceptance
+    probability): True shows it, False hides it, None (the default) shows it when stderr is a
+    terminal or in a Jupyter notebook.
     """
     if not isinstance(program, Program):
         raise TypeError(
@@ -102,6 +108,9 @@ def nuts(
         num_samples=samples,
         progress_bar=False,
     )
+    # set after construction: NumPyro turns its bar off where a CI variable is set, and
+    # progress=True asks for one
+    mcmc.progress_bar = enabled(progress)
     try:
         mcmc.run(
             jax.random.PRNGKey(rng.integers(2**32, dtype=np.uint32)), extra_fields=("diverging",)

@@ -66,8 +66,10 @@ class Posterior:
         chain: for MCMC, the chain of each value (values are chain-major, in step order).
         acceptance: for MCMC, the acceptance rate of each chain; for SMC with rejuvenation,
             the acceptance rate of the moves.
-        history: per-step snapshots of an SMC run made with `record=True`: for each step, the
-            particles' texts, log weights and states, and the parents after any resampling.
+        history: per-step snapshots of an smc, importance or smc_steer run (kept by default
+            for up to 256 particles, see their `record=`): for each step, the particles' texts,
+            log weights and states, the parents after any resampling, and the prompts first
+            met at that step; None without a record.
     """
 
     method: str
@@ -105,24 +107,52 @@ class Posterior:
         if w.sum() == 0:
             raise ValueError(f"no sample has positive weight: {self.failure}")
         n = self.num_particles if n is None else n
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"Posterior.samples(n): n must be a whole number >= 0, got {n!r}")
         idx = np.random.default_rng(seed).choice(len(w), size=n, p=w)
         return [self.values[i] for i in idx]
 
     def distribution(self) -> dict[Any, float]:
-        """Total normalised weight of each distinct return value (values must be hashable)."""
+        """Total normalised weight of each distinct return value, most probable first.
+
+        Hashable values are their own keys. Values that are not hashable, such as the dicts
+        and lists a JSON schema produces, are keyed by a canonical text: JSON with sorted keys
+        (`'{"age": 3, "name": "Ada"}'`), so equal values share one key whatever their key order.
+        """
+        from ppl.inference.summary import canonical
+
         out: Counter = Counter()
         for v, w in zip(self.values, self.weights):
             if w > 0:
-                out[v] += float(w)
+                out[canonical(v)] += float(w)
         return dict(out.most_common())
 
     def expectation(self, f: Any = None) -> float:
-        """Weighted mean of `f(value)` (of the values themselves when `f` is None)."""
+        """Weighted mean of `f(value)` (of the values themselves when `f` is None).
+
+        The values, or what `f` returns, must be numbers (True counts as 1): for a text, pass
+        a function, e.g. `expectation(lambda text: "yes" in text)`.
+        """
         w = self.weights
         if w.sum() == 0:
             raise ValueError(f"no sample has positive weight: {self.failure}")
         xs = [v if f is None else f(v) for v, wi in zip(self.values, w) if wi > 0]
-        return float(np.dot([wi for wi in w if wi > 0], np.asarray(xs, dtype=float)))
+        try:
+            arr = np.asarray(xs, dtype=float)
+        except (TypeError, ValueError):
+            bad = next(x for x in xs if not _is_number(x) and not isinstance(x, (bool, np.bool_)))
+            what = "the return values" if f is None else "f(value)"
+            raise TypeError(
+                f"Posterior.expectation needs numbers, but {what} include "
+                f"{type(bad).__name__} {bad!r:.60}; pass f= to map each value to a number, "
+                "e.g. expectation(lambda v: len(v))"
+            ) from None
+        if arr.ndim != 1:
+            raise TypeError(
+                f"Posterior.expectation needs one number per sample, got values of shape "
+                f"{arr.shape[1:]}; pass f= to map each value to a number"
+            )
+        return float(np.dot([wi for wi in w if wi > 0], arr))
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -131,104 +161,43 @@ class Posterior:
             return None
         return float(np.mean(self.acceptance))
 
-    def summary(self, top: int = 10, width: int = 70) -> str:
-        """A table: run statistics, then the most probable return values with their weights."""
-        s = self.stats
-        if self.chain is not None:
-            head = (
-                f"{self.method}: {s.get('chains', 1)} chains x {s.get('steps', '?')} steps, "
-                f"{self.num_particles} samples"
-            )
-        else:
-            head = (
-                f"{self.method}: {self.num_particles} particles, {s.get('steps', '?')} steps, "
-                f"{len(self.resampled)} resampling steps"
-            )
-        lines = [
-            head,
-            "log evidence   "
-            + ("n/a (MCMC)" if self.log_evidence is None else f"{self.log_evidence:.4f}"),
-        ]
-        if self.chain is None:
-            lines.append(
-                f"final ESS      {self.final_ess:.2f}"
-                + (f"   (min over steps {np.min(self.ess):.2f})" if len(self.ess) else "")
-            )
-        if self.acceptance is not None:
-            per = "  ".join(f"{a:.2f}" for a in self.acceptance[:8])
-            more = " ..." if len(self.acceptance) > 8 else ""
-            lines.append(f"acceptance     {self.acceptance_rate:.3f}   (per chain {per}{more})")
-        if "tokens_fed" in s:
-            lines.append(f"model calls    {s['forward_calls']}   tokens fed {s['tokens_fed']}")
-        if "seconds" in s:
-            lines.append(f"time           {s['seconds']:.2f} s")
-        if self.failure:
-            lines.append(f"FAILED: {self.failure}")
-        kills = self.diagnostics.get("rejected_by")
-        if kills:
-            lines.append(
-                "rejections     " + "; ".join(f"{n} at {site}" for site, n in kills.items())
-            )
-        if not self.failure:
-            lines.append("")
-            lines.append(f"{'weight':>8}  value")
-            try:
-                dist = list(self.distribution().items())
-            except TypeError:  # unhashable values
-                dist = sorted(zip(self.values, self.weights.tolist()), key=lambda x: -x[1])
-            for value, w in dist[:top]:
-                text = repr(value)
-                if len(text) > width:
-                    text = text[: width - 3] + "..."
-                lines.append(f"{w:8.4f}  {text}")
-            if len(dist) > top:
-                lines.append(f"{'':8}  ... {len(dist) - top} more distinct values")
-        return "\n".join(lines)
+    def summary(self, top: int = 10, width: int = 88) -> str:
+        """The run at a glance, as text.
+
+        Method, size, time and model calls; the evidence as a log and in words ("about 1 in
+        94"); ESS as min, median and final with the number of resampling steps; acceptance for
+        MCMC; then the `top` most probable distinct values with their total weight and how many
+        samples hold them (texts in full, wrapped at `width`), and for numeric return values
+        and named choices the weighted mean, sd and 5/50/95% quantiles.
+        """
+        from ppl.inference.summary import render
+
+        return render(self, top, width)
 
     # -- diagnostics views ----------------------------------------------------------------------
 
     def plot(self, path: str | None = None) -> Any:
-        """Matplotlib figure of ESS and running log-evidence estimate over the steps.
+        """A matplotlib figure of the run, saved to `path` when given (`ppl.inference.plots`).
 
-        Resampling steps are marked. Saved to `path` when given. Needs an SMC-type run.
+        SMC: ESS per step with the resampling threshold and the resampling steps marked, and
+        the running log evidence estimate. Importance sampling: a histogram of the normalised
+        log weights (N and ESS in the title) and the weights sorted. MCMC: a trace per chain of
+        the numeric return value or named choices (else the log probability of the choices, or
+        the text length), and the acceptance rate per chain. Needs matplotlib.
         """
-        if len(self.ess) == 0:
-            raise ValueError(
-                f"{self.method} has no per-step ESS to plot; plots are for importance/SMC runs"
-            )
-        try:
-            import matplotlib
+        from ppl.inference.plots import plot
 
-            if path is not None:
-                matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError(
-                "Posterior.plot needs matplotlib: pip install 'ppl-lm[plot]'"
-            ) from None
-        fig, (ax_ess, ax_z) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
-        steps = np.arange(len(self.ess))
-        ax_ess.plot(steps, self.ess, marker=".", label="ESS")
-        ax_ess.axhline(self.num_particles, color="grey", lw=0.8, ls=":", label="particles")
-        for t in self.resampled:
-            ax_ess.axvline(t, color="tab:orange", lw=0.8, alpha=0.6)
-        ax_ess.set_ylabel("ESS")
-        ax_ess.set_ylim(0, self.num_particles * 1.05)
-        ax_ess.legend(loc="lower left", fontsize="small")
-        finite = np.isfinite(self.log_evidence_steps)
-        ax_z.plot(steps[finite], self.log_evidence_steps[finite], marker=".", color="tab:green")
-        ax_z.set_ylabel("log evidence estimate")
-        ax_z.set_xlabel("step (orange: resampling)")
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-        return fig
+        return plot(self, path)
 
     def html(self, path: str | None = None, title: str | None = None) -> str:
-        """A self-contained HTML page of a run recorded with `record=True`.
+        """A self-contained HTML page of an smc, importance or smc_steer run.
 
-        Written to `path` when given (returned either way as a string): particles per step with
-        their text and weights, and lines from each particle to its parent at resampling.
+        Written to `path` when given (returned either way as a string): the prompt, a legend,
+        the ESS and running log evidence over the steps, the distinct final texts with their
+        weights, and the particles of every step with their text and weights, with lines from
+        each particle to its parent at resampling. Needs the run's per-step record (`history`,
+        kept by default for runs of up to 256 particles; `record=True` forces it); raises
+        `ValueError` saying how to get one when there is none.
         """
         from ppl.inference.html import render
 
@@ -337,6 +306,12 @@ class Posterior:
             return cls.from_dict(d, allow_pickle=allow_pickle)
         except ValueError as e:
             raise ValueError(f"{os.fspath(path)}: {e}") from e
+
+    def _repr_html_(self) -> str:
+        """Notebooks show the summary (`summary()`) when a cell ends with a posterior."""
+        import html
+
+        return f"<pre>{html.escape(self.summary())}</pre>"
 
     def __repr__(self) -> str:
         z = "None" if self.log_evidence is None else f"{self.log_evidence:.4f}"

@@ -27,7 +27,6 @@ snapshots of themselves before each model call (forks that share contexts).
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections import Counter
@@ -38,9 +37,10 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
-from ppl.inference.html import Recorder
+from ppl.inference.html import recorder_for
 from ppl.inference.mcmc import Execution, MHKernel, Snapshot, is_waiting, settle, untwist
 from ppl.inference.posterior import Posterior, ess_of, log_sum_exp, normalise
+from ppl.inference.progress import particles_bar, particles_status
 
 
 class InferenceWarning(RuntimeWarning):
@@ -57,7 +57,7 @@ def smc(
     progress: bool | None = None,
     errors: str = "raise",
     rejuvenation: MHKernel | None = None,
-    record: bool = False,
+    record: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """Sequential Monte Carlo: `particles` executions of `program(*args, **kwargs)`.
@@ -68,13 +68,17 @@ def smc(
         resampling: "systematic", "stratified", "residual", "multinomial", or a function
             `(rng, weights, n) -> indices`.
         seed: drives every random choice; the same seed reproduces the run on the CPU.
-        progress: show a progress bar (default: when stderr is a terminal).
+        progress: a progress bar (particles done out of N; step, running/finished/dead
+            particles, ESS, running log evidence): True shows it, False hides it, None (the
+            default) shows it when stderr is a terminal or in a Jupyter notebook.
         errors: "raise" (an exception in a particle stops the run and propagates) or "drop"
             (that particle gets weight zero; the errors are listed in `diagnostics`).
         rejuvenation: an MCMC kernel (`ppl.MHKernel(...)`) applied to every particle after
             each resampling (resample-move SMC).
-        record: keep per-step snapshots (texts, weights, ancestry) in `Posterior.history`,
-            for `Posterior.html()`.
+        record: keep per-step snapshots (texts, weights, ancestry, the prompt) in
+            `Posterior.history`, for `Posterior.html()`. None (default): record when there are
+            at most 256 particles, dropping the record if it passes 32 MiB (about 120 bytes
+            plus the text so far per particle and step); True: always; False: never.
     """
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
@@ -107,13 +111,16 @@ def importance(
     seed: int | None = None,
     progress: bool | None = None,
     errors: str = "raise",
-    record: bool = False,
+    record: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """Importance sampling with the program's own choices as the proposal (likelihood weighting).
 
     The weight of an execution is the product of its `observe`, `factor` and `condition` terms;
-    `log_evidence` is the log of their mean, an unbiased estimate of Z in Z.
+    `log_evidence` is the log of their mean, an unbiased estimate of Z in Z. `progress` shows a
+    bar as for `smc` (True, False, or None: when stderr is a terminal or in a notebook).
+    `record` is as for `smc` (None: a per-step record for `Posterior.html()` when there are at
+    most 256 particles; True: always; False: never).
     """
     return _run(
         "importance",
@@ -143,7 +150,7 @@ def _run(
     progress: bool | None,
     errors: str,
     rejuvenation: Any = None,
-    record: bool = False,
+    record: bool | None = None,
 ) -> Posterior:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"particles must be a positive integer, got {n!r}")
@@ -155,7 +162,7 @@ def _run(
     # needs the whole weight
     histories: list[list[Snapshot]] | None = [[] for _ in range(n)] if rejuvenation else None
     carried = np.zeros(n)
-    recorder = Recorder() if record else None
+    recorder = recorder_for(record, n)
     log_z = 0.0
     ess_steps: list[float] = []
     log_z_steps: list[float] = []
@@ -163,7 +170,7 @@ def _run(
     ancestors: list[np.ndarray] = []
     moves = accepted = 0
     step = 0
-    bar = _progress_bar(method, progress)
+    bar = particles_bar(progress, method, n)
     try:
         running = ps
         while True:
@@ -179,6 +186,8 @@ def _run(
             ess = ess_of(lw)
             ess_steps.append(ess)
             log_z_steps.append(log_z + log_sum_exp(lw) - math.log(n))
+            if bar.due():
+                bar.show(*particles_status(step, ps, ess, n, log_z_steps[-1]))
             if recorder is not None:
                 recorder.step(ps, lw)
             if not any(is_waiting(p) for p in ps):
@@ -210,20 +219,18 @@ def _run(
             for p in running:
                 untwist(p)
             step += 1
-            if bar is not None:
-                bar.set_postfix_str(f"ESS {ess:.1f}/{n}, {len(running)} running", refresh=False)
-                bar.update(1)
+        bar.show(*particles_status(step, ps, ess, n, log_z_steps[-1]))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     log_z += log_sum_exp(lw) - math.log(n)
     post = _posterior(method, engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
     post.stats["steps"] = step
+    post.stats["ess_threshold"] = threshold  # resampling when ESS < ess_threshold * particles
     post.log_evidence_steps = np.asarray(log_z_steps)
     if rejuvenation is not None:
         post.acceptance = np.array([accepted / moves if moves else 0.0])
     if recorder is not None:
-        post.history = recorder.steps
+        recorder.finish(post)
     return post
 
 
@@ -276,6 +283,7 @@ def _posterior(
     resampled: list[int],
     ancestors: list[np.ndarray],
     start: float,
+    stacklevel: int = 3,
 ) -> Posterior:
     n = len(ps)
     rejected = Counter(str(site) for site in engine.rejections)
@@ -289,13 +297,13 @@ def _posterior(
             + "; ".join(reasons or ["no reason recorded"])
             + ")"
         )
-        warnings.warn(f"{method}: {failure}", InferenceWarning, stacklevel=3)
+        warnings.warn(f"{method}: {failure}", InferenceWarning, stacklevel=stacklevel)
     elif raised:
         warnings.warn(
             f"{method}: {sum(raised.values())} particles raised and were dropped: "
             + "; ".join(raised),
             InferenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     stats = {
         "particles": n,
@@ -317,16 +325,6 @@ def _posterior(
         diagnostics={"rejected_by": dict(rejected), "errors": dict(raised)},
         stats=stats,
     )
-
-
-def _progress_bar(method: str, progress: bool | None) -> Any:
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc=method, unit="step", leave=False)
 
 
 def _note(e: BaseException, text: str) -> None:

@@ -33,9 +33,10 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
-from ppl.inference.html import Recorder
+from ppl.inference.html import recorder_for
 from ppl.inference.mcmc import is_waiting, settle, untwist
 from ppl.inference.posterior import Posterior, ess_of, log_sum_exp, normalise
+from ppl.inference.progress import Bar, particles_bar, particles_status
 
 
 def extend(engine: Engine, ps: list[Particle], children: int) -> list[Particle]:
@@ -93,18 +94,45 @@ def smc_steer(
     children: int = 3,
     seed: int | None = None,
     errors: str = "raise",
-    record: bool = False,
+    record: bool | None = None,
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> Posterior:
     """SMC steering (see the module docstring): `particles` N, each extended into `children` K.
 
     Returns weighted particles (at most N) of the exact posterior and an unbiased evidence
     estimate. `ancestors[t]` holds, for each kept child, the index of its parent.
+
+    `record` keeps per-step snapshots of the N kept particles (texts, weights, ancestry, the
+    prompt) in `Posterior.history`, for `Posterior.html()`: None (the default) when N is at
+    most 256, dropping the record if it passes 32 MiB; True: always; False: never.
+
+    `progress` is a progress bar (particles done out of N; step, running/finished/dead
+    particles, ESS, running log evidence): True shows it, False hides it, None (the default)
+    shows it when stderr is a terminal or in a Jupyter notebook.
     """
     if not isinstance(particles, (int, np.integer)) or particles < 1:
         raise ValueError(f"particles must be a positive integer, got {particles!r}")
     if not isinstance(children, (int, np.integer)) or children < 1:
         raise ValueError(f"children must be a positive integer, got {children!r}")
+    bar = particles_bar(progress, "smc_steer", int(particles))
+    try:
+        return _steer(program, args, kwargs, particles, children, seed, errors, record, bar)
+    finally:
+        bar.close()
+
+
+def _steer(
+    program: Program,
+    args: tuple,
+    kwargs: dict,
+    particles: int,
+    children: int,
+    seed: int | None,
+    errors: str,
+    record: bool | None,
+    bar: Bar,
+) -> Posterior:
     start = time.perf_counter()
     engine = Engine(program, args, kwargs, seed, errors)
     n = int(particles)
@@ -113,7 +141,7 @@ def smc_steer(
         p.log_weight = -math.log(n)
     engine.advance(ps)
     settle(ps)
-    recorder = Recorder() if record else None
+    recorder = recorder_for(record, n)
     ess_steps: list[float] = []
     log_z_steps: list[float] = []
     resampled: list[int] = []
@@ -123,6 +151,8 @@ def smc_steer(
         lw = np.array([p.log_weight for p in ps])
         ess_steps.append(ess_of(lw))
         log_z_steps.append(log_sum_exp(lw))
+        if bar.due():
+            bar.show(*particles_status(step, ps, ess_steps[-1], n, log_z_steps[-1]))
         if recorder is not None:
             recorder.step(ps, lw)
         if not any(is_waiting(p) for p in ps):
@@ -142,6 +172,7 @@ def smc_steer(
         step += 1
         if not ps:
             break
+    bar.show(*particles_status(step, ps, ess_steps[-1], n, log_z_steps[-1]))
     lw = np.array([p.log_weight for p in ps]) if ps else np.zeros(0)
     from ppl.inference.smc import _posterior
 
@@ -152,10 +183,12 @@ def smc_steer(
         lw = np.array([-math.inf])
     # Posterior weights are normalised from the log weights; log_weights stay the unnormalised
     # W_i (their sum is the evidence estimate)
-    post = _posterior("smc_steer", engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
+    post = _posterior(
+        "smc_steer", engine, ps, lw, log_z, ess_steps, resampled, ancestors, start, stacklevel=4
+    )
     post.stats["steps"] = step
     post.stats["children"] = int(children)
     post.log_evidence_steps = np.asarray(log_z_steps)
     if recorder is not None:
-        post.history = recorder.steps
+        recorder.finish(post)
     return post

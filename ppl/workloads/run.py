@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ from typing import Any
 
 from ppl.compiler import Program
 from ppl.inference.posterior import Posterior
+from ppl.inference.progress import enabled
 from ppl.inference.smc import InferenceWarning
 from ppl.models.base import LanguageModel
 from ppl.workloads.batch import Outcome, SharedSteps
@@ -108,13 +108,16 @@ def map(
             program's other parameters. Workers build it once each.
         on_error: "record" (an item that raises becomes an `ItemError`, the rest go on) or
             "raise" (the first error stops the run, after the checkpoint is written).
-        progress: a progress bar over items (default: when stderr is a terminal).
+        progress: a progress bar over items (default: when stderr is a terminal or in a
+            Jupyter notebook).
         cluster: None (this process), or "ray" (a local Ray cluster, or the one `ray.init()`
             connected to), or a Ray address ("auto", "ray://host:10001").
         workers: Ray workers (default: one per CPU of the cluster, at most one per item).
         resources: per worker, e.g. `{"num_gpus": 1}` or `{"num_cpus": 0.5}`.
         retries: on Ray, how many times an item is retried after its worker died.
-        options: passed to `method` (`particles=16`, `steps=100`, ...).
+        options: passed to `method` (`particles=16`, `steps=100`, ...). The per-step record
+            of smc, importance and smc_steer (`record=`) is off unless given: `record=True`
+            (or None, the methods' automatic rule) keeps one in each Posterior.
 
     Returns:
         `Results`: a list of `Posterior` (or `ItemError`) in input order.
@@ -376,14 +379,19 @@ def _check_options(
 
 
 def _run_options(method: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The options with the method's own progress bar turned off (map shows one over items)."""
+    """The options with the method's own progress bar turned off (map shows one over items),
+    and its per-step record too unless asked for (`record=True`): a checkpoint of many items
+    keeps the results, not every step of every run."""
     try:
         params = inspect.signature(method).parameters
     except (TypeError, ValueError):
         return dict(options)
+    out = dict(options)
     if "progress" in params:
-        return {**options, "progress": False}
-    return dict(options)
+        out["progress"] = False
+    if "record" in params and "record" not in out:
+        out["record"] = False
+    return out
 
 
 def _rows_per_item(method: Callable[..., Any], options: dict[str, Any]) -> int:
@@ -460,9 +468,7 @@ def _describe(outcome: Outcome) -> str:
 
 
 def _bar(progress: bool | None, total: int, initial: int) -> Any:
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    if not enabled(progress):
         return None
     from tqdm.auto import tqdm
 

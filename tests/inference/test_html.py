@@ -1,7 +1,8 @@
-"""The HTML view of an SMC run renders its particles and their ancestry in a real browser."""
+"""The HTML view of a particle run: recorded by default, and drawn right in a real browser."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -9,26 +10,76 @@ import subprocess
 import pytest
 
 import ppl
+import ppl.inference.html as html_view
+from ppl import condition, factor, program, sample
+from ppl.distributions import Bernoulli
+from ppl.models import FunctionLM
 from tests.inference.toy import no_double_a
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs the chromium browser (Debian: chromium)"
+)
+
+# A toy model that lists Japanese cities after a question: its texts hold "Tokyo," (a comma
+# after a word), which a right-to-left box would show as ",Tokyo".
+PROMPT = "Q: Name cities in Japan & say <why>.\nA:"
+CITIES = [" Tokyo", " Kyoto", " Osaka"]
+VOCAB = ["<s>", PROMPT, *CITIES, ",", " and", ".", "<eos>"]
+NEXT = {
+    "<s>": {" Tokyo": 1.0},
+    PROMPT: {" Tokyo": 0.7, " Osaka": 0.3},
+    ",": {" Kyoto": 0.5, " Osaka": 0.3, " Tokyo": 0.2},
+    " and": {" Kyoto": 0.6, " Osaka": 0.4},
+    ".": {"<eos>": 1.0},
+    **{city: {",": 0.6, " and": 0.2, ".": 0.2} for city in CITIES},
+}
+city_lm = FunctionLM(VOCAB, lambda prefix: NEXT[VOCAB[prefix[-1]]], eos="<eos>", bos="<s>")
 
 
-def test_html_is_self_contained(tmp_path):
-    post = ppl.smc(no_double_a, particles=6, seed=2, ess_threshold=1.0, record=True)
-    page = post.html(str(tmp_path / "run.html"))
-    assert (tmp_path / "run.html").read_text(encoding="utf-8") == page
-    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
-    assert "https://" not in page and "<link" not in page and " src=" not in page
+@program
+def cities(prompt=PROMPT, max_tokens=8):
+    """Cities after the prompt, none named twice."""
+    ctx = city_lm.context(prompt)
+    for _ in range(max_tokens):
+        tok = sample(ctx.next_token())
+        ctx = ctx + tok
+        condition(all(ctx.text.count(c) <= 1 for c in CITIES))
+        if tok.is_eos:
+            break
+    return ctx.text
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs the chromium browser (Debian: chromium)")
-def test_page_renders_particles_and_ancestry_in_headless_chromium(tmp_path):
-    post = ppl.smc(no_double_a, particles=6, seed=2, ess_threshold=1.0, record=True)
-    assert post.resampled
-    path = tmp_path / "run.html"
-    post.html(str(path), title="toy <run> & co")
-    result = subprocess.run(
+@program
+def two_prompts():
+    """A city after the question, then one after " Osaka": two contexts, two prompts."""
+    first = city_lm.context(PROMPT)
+    a = sample(first.next_token())
+    second = city_lm.context(" Osaka")
+    b = sample(second.next_token())
+    return a.text + b.text
+
+
+@program
+def coin():
+    """No language model at all."""
+    heads = sample("heads", Bernoulli(0.3))
+    factor(0.5 if heads else 0.0)
+    return heads
+
+
+RUNS = {
+    "smc": lambda **kw: ppl.smc(cities, particles=6, seed=0, ess_threshold=1.0, **kw),
+    "importance": lambda **kw: ppl.importance(cities, particles=6, seed=1, **kw),
+    "smc_steer": lambda **kw: ppl.smc_steer(cities, particles=3, children=2, seed=2, **kw),
+    "smc_rejuvenation": lambda **kw: ppl.smc(
+        cities, particles=4, seed=3, ess_threshold=1.0, rejuvenation=ppl.MHKernel(), **kw
+    ),
+}
+
+
+def chromium(tmp_path, *flags: str, url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             CHROMIUM,
             "--headless",
@@ -39,13 +90,125 @@ def test_page_renders_particles_and_ancestry_in_headless_chromium(tmp_path):
             "--disable-sync",
             "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            path.as_uri(),
+            *flags,
+            url,
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+# -- recording -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_runs_record_by_default_and_draw_without_asking(name, tmp_path):
+    post = RUNS[name]()
+    assert post.history is not None and len(post.history) == len(post.ess)
+    assert post.history[0]["prompts"] == [PROMPT]
+    page = post.html(str(tmp_path / "run.html"))
+    assert (tmp_path / "run.html").read_text(encoding="utf-8") == page
+    # the prompt, escaped, and every distinct final text of positive weight, readable as text
+    assert "Q: Name cities in Japan &amp; say &lt;why&gt;.\nA:" in page
+    last = post.history[-1]
+    finals = page.split("id='finals'")[1].split("</table>")[0]
+    for text, w in zip(last["texts"], last["weights"]):
+        if w > 0:
+            assert f"<div class='final-text'>{text}</div>" in finals
+    assert "direction: rtl" not in page and "direction:rtl" not in page
+    assert "id='legend'" in page and "class='ess-line'" in page
+
+
+def test_record_false_keeps_none_and_html_says_how_to_get_one():
+    for name, run in RUNS.items():
+        post = run(record=False)
+        assert post.history is None, name
+        with pytest.raises(ValueError, match=r"record=False.*record=True"):
+            post.html()
+    with pytest.raises(ValueError, match=r"a mh run has no such steps.*ppl\.smc"):
+        ppl.mh(cities, chains=1, steps=2, seed=0).html()
+    with pytest.raises(TypeError, match="record must be True, False or None"):
+        ppl.smc(cities, particles=2, seed=0, record="yes")
+
+
+def test_the_automatic_rule_leaves_out_large_runs(monkeypatch):
+    monkeypatch.setattr(html_view, "AUTO_PARTICLES", 4)
+    assert ppl.smc(cities, particles=4, seed=0).history is not None
+    big = ppl.smc(cities, particles=5, seed=0)
+    assert big.history is None
+    with pytest.raises(ValueError, match="more than 4 particles.*record=True"):
+        big.html()
+    assert ppl.smc(cities, particles=5, seed=0, record=True).history is not None
+
+
+def test_the_automatic_rule_drops_a_record_that_grows_too_big(monkeypatch):
+    monkeypatch.setattr(html_view, "AUTO_BYTES", 1500)
+    post = ppl.smc(cities, particles=6, seed=0, ess_threshold=1.0)
+    assert post.history is None
+    assert "dropped at step" in post.diagnostics["record"]
+    with pytest.raises(ValueError, match="dropped at step .*record=True"):
+        post.html()
+    kept = ppl.smc(cities, particles=6, seed=0, ess_threshold=1.0, record=True)
+    assert kept.history is not None and same_values(kept, post)
+
+
+def same_values(a: ppl.Posterior, b: ppl.Posterior) -> bool:
+    return a.values == b.values and a.log_weights.tolist() == b.log_weights.tolist()
+
+
+def test_recording_changes_nothing_else():
+    for run in RUNS.values():
+        assert same_values(run(), run(record=False))
+
+
+def test_prompts_of_several_contexts_and_of_none():
+    post = ppl.smc(two_prompts, particles=3, seed=0)
+    assert [p for s in post.history for p in s["prompts"]] == [PROMPT, " Osaka"]
+    page = post.html()
+    assert "Prompts (2 distinct)" in page and "first met at step 1" in page
+    page = ppl.smc(coin, particles=4, seed=0).html()
+    assert "no language-model context was met" in page
+
+
+def test_a_saved_run_draws_the_same_page():
+    post = RUNS["smc"]()
+    back = ppl.Posterior.from_dict(json.loads(json.dumps(post.to_dict())))
+    assert back.html(title="t") == post.html(title="t")
+
+
+def test_map_keeps_no_record_unless_asked(tmp_path):
+    inputs = [(PROMPT,), (PROMPT, 3)]
+    path = tmp_path / "run.jsonl"
+    results = ppl.map(ppl.smc, cities, inputs, particles=3, checkpoint=str(path))
+    assert all(r.history is None for r in results)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(line["posterior"]["history"] is None for line in lines)
+    with pytest.raises(ValueError, match="record=True"):
+        results[0].html()
+    kept = ppl.map(ppl.smc, cities, inputs, particles=3, record=True)
+    assert all(r.history is not None for r in kept)
+    assert same_values(kept[0], results[0])
+
+
+def test_html_is_self_contained(tmp_path):
+    post = ppl.smc(no_double_a, particles=6, seed=2, ess_threshold=1.0, record=True)
+    page = post.html(str(tmp_path / "run.html"))
+    assert (tmp_path / "run.html").read_text(encoding="utf-8") == page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page and "<link" not in page and " src=" not in page
+
+
+# -- in a browser --------------------------------------------------------------------------------
+
+
+@needs_chromium
+def test_page_renders_particles_and_ancestry_in_headless_chromium(tmp_path):
+    post = ppl.smc(no_double_a, particles=6, seed=2, ess_threshold=1.0, record=True)
+    assert post.resampled
+    path = tmp_path / "run.html"
+    post.html(str(path), title="toy <run> & co")
+    result = chromium(tmp_path, "--dump-dom", url=path.as_uri())
     dom = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
     steps = len(post.history)
@@ -64,3 +227,76 @@ def test_page_renders_particles_and_ancestry_in_headless_chromium(tmp_path):
         if text:
             assert f'title="{text}"' in dom
     assert "toy &lt;run&gt; &amp; co" in dom
+
+
+# Appended to a copy of the page: for every shown text holding "Tokyo,", is the comma drawn to
+# the right of the "T" (left to right), or to its left (a right-to-left box)?
+ORDER_CHECK = """<script>
+(function () {
+  const out = [];
+  document.querySelectorAll('.particle .text, .final-text').forEach(function (el) {
+    const node = el.firstChild;
+    if (!node || node.nodeType !== 3) return;
+    const i = node.textContent.indexOf('Tokyo,');
+    if (i < 0) return;
+    const r = document.createRange();
+    r.setStart(node, i); r.setEnd(node, i + 1);
+    const t = r.getBoundingClientRect().left;
+    r.setStart(node, i + 5); r.setEnd(node, i + 6);
+    out.push(r.getBoundingClientRect().left > t ? 'ltr' : 'rtl');
+  });
+  const d = document.createElement('div');
+  d.id = 'order-check'; d.textContent = out.join(' ');
+  document.body.appendChild(d);
+})();
+</script></body>"""
+
+
+@needs_chromium
+def test_page_shows_prompt_legend_strip_and_text_in_order_in_chromium(tmp_path):
+    post = ppl.smc(cities, particles=6, seed=0, ess_threshold=1.0)
+    texts = [t for s in post.history for t in s["texts"]]
+    assert any("Tokyo," in t for t in texts)
+    path = tmp_path / "run.html"
+    path.write_text(post.html().replace("</body>", ORDER_CHECK), encoding="utf-8")
+    result = chromium(tmp_path, "--dump-dom", url=path.as_uri())
+    dom = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = len(post.history)
+    assert f"rendered {steps} steps of 6 particles" in dom
+    # the prompt, as text of the page
+    prompt = re.search(r'<div class="prompt">(.*?)</div>', dom, re.S)
+    assert prompt and prompt[1] == "Q: Name cities in Japan &amp; say &lt;why&gt;.\nA:"
+    # text reads left to right: in the DOM and as drawn
+    order = re.search(r'<div id="order-check">([^<]*)</div>', dom)[1].split()
+    assert order and set(order) == {"ltr"}, order
+    assert ",Tokyo" not in dom
+    # the legend and the strip: ESS and log Z lines, the threshold, a mark per resampling
+    assert len(re.findall(r'<span class="swatch', dom)) == len(html_view._LEGEND)
+    assert re.search(r'<svg class="strip" id="strip"', dom)
+    points = r'<polyline class="ess-line" points="([\d.]+,[\d.]+ ?){' + str(steps) + '}"'
+    assert re.search(points, dom)
+    assert '<polyline class="logz-line"' in dom and '<line class="threshold"' in dom
+    assert len(re.findall(r'<line class="resample-mark"', dom)) == len(post.resampled)
+    # the final texts, in full
+    assert re.search(r'<div class="final-text"> Tokyo, Kyoto\.</div>', dom)
+
+
+@needs_chromium
+def test_screenshot_of_the_page_is_not_blank(tmp_path):
+    from PIL import Image
+
+    post = ppl.smc(cities, particles=6, seed=0, ess_threshold=1.0)
+    path = tmp_path / "run.html"
+    post.html(str(path))
+    shot = tmp_path / "run.png"
+    result = chromium(
+        tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", url=path.as_uri()
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 1400)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 16
+    # not one colour with specks: the most common (the background) covers less than 97%
+    assert max(k for k, _ in colours) < 0.97 * 1200 * 1400

@@ -299,3 +299,55 @@ def test_loading_something_else_names_the_file(tmp_path):
     partial.write_text(json.dumps({k: v for k, v in d.items() if k != "ess"}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"partial\.json.*missing ess"):
         ppl.Posterior.load(partial)
+
+
+# -- a JSON-schema run, and ArviZ's netCDF -------------------------------------------------------
+
+JSON_VOCAB = ["<s>", "{", "}", '"n"', '"tags"', ":", ",", "1", "2", "[", "]", '"x"', "<eos>"]
+json_lm = FunctionLM(JSON_VOCAB, lambda prefix: [0.0] + [1.0 / 12] * 12, eos="<eos>", bos="<s>")
+RECORD = ppl.JSONSchema(
+    {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1, "maximum": 2},
+            "tags": {"type": "array", "items": {"const": "x"}, "maxItems": 1},
+        },
+        "required": ["n", "tags"],
+        "additionalProperties": False,
+    }
+)
+
+
+@program
+def json_record():
+    text = ppl.generate(json_lm.context(""), RECORD, max_tokens=12)
+    return RECORD.parse(text)
+
+
+def test_a_json_schema_run_comes_back_with_its_dict_values(tmp_path):
+    post = ppl.smc(json_record, particles=12, seed=5)
+    kept = [v for v, w in zip(post.values, post.weights) if w > 0]
+    assert kept and all(isinstance(v, dict) and v["n"] in (1, 2) for v in kept)
+    post.save(tmp_path / "json.json")
+    back = ppl.Posterior.load(tmp_path / "json.json")
+    assert_same_posterior(post, back)
+    assert back.distribution() == post.distribution()
+    assert all(key.startswith('{"n": ') for key in back.distribution())
+    assert back.summary() == post.summary()
+
+
+def test_arviz_results_save_as_netcdf(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    for post in (RUNS["mh_numpyro"](), RUNS["smc_numpyro"]()):
+        data = post.to_arviz()
+        path = tmp_path / f"{post.method}.nc"
+        data.to_netcdf(str(path))
+        back = arviz.from_netcdf(str(path))
+        assert set(back.posterior.data_vars) == set(data.posterior.data_vars) >= {"rate"}
+        np.testing.assert_array_equal(back.posterior["rate"].values, data.posterior["rate"].values)
+        assert back.posterior["rate"].shape == data.posterior["rate"].shape

@@ -30,7 +30,7 @@ def test_posterior_fields(name):
     assert sum(post.distribution().values()) == pytest.approx(1.0)
     assert all(v in exact for v in post.samples(10, seed=1))
     text = post.summary()
-    assert "log evidence" in text and "ESS" in text and "weight" in text
+    assert "log Z = " in text and "ESS          min " in text and " weight count  value" in text
     assert post.stats["steps"] >= 1 and post.stats["forward_calls"] >= 1
 
 
