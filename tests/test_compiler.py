@@ -2,6 +2,7 @@
 clear compile error; tracebacks point at the user's line; forks never share state."""
 
 import math
+import pickle
 import traceback
 
 import pytest
@@ -404,3 +405,141 @@ def test_a_notebook_cell_compiles(tmp_path):
         assert post.values == [True, True, True]
     finally:
         del linecache.cache[name]
+
+
+# -- the source read is the function's own -------------------------------------------------------
+
+STORY = """import ppl
+from ppl.distributions import Bernoulli
+
+RAN = []
+
+
+def short_words(p, max_tokens=3):
+    RAN.append("short_words")
+    x = ppl.sample(Bernoulli(p))
+    return x
+"""
+STORY_LINE = 7  # the line of `def short_words`
+
+
+@pytest.fixture
+def story(tmp_path, monkeypatch):
+    """`story.py` written in `tmp_path` and imported: (its path, the module)."""
+    import importlib
+    import sys
+
+    path = tmp_path / "story.py"
+    path.write_text(STORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "story", raising=False)
+    importlib.invalidate_caches()
+    module = importlib.import_module("story")
+    yield path, module
+    sys.modules.pop("story", None)
+
+
+def _edited(path, text):
+    import linecache
+    import os
+
+    path.write_text(text)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later time, surely
+    linecache.checkcache(str(path))
+
+
+@pytest.mark.parametrize(
+    "edit, what",
+    [
+        # lines shifted: another function now stands at the old line
+        (
+            lambda s: s.replace(
+                "RAN = []\n",
+                "RAN = []\n\n\ndef other(p, max_tokens=3):\n    RAN.append('other')\n"
+                "    return 1\n",
+            ),
+            "the definition found there is `def other` at line 7",
+        ),
+        # the same name at the same line, with other parameters
+        (
+            lambda s: s.replace("def short_words(p, max_tokens=3):", "def short_words(p, n):"),
+            r"its parameters are now \(p, n\), were \(p, max_tokens=\)",
+        ),
+        # the same name and parameters at the same line, with another body
+        (
+            lambda s: s.replace('RAN.append("short_words")', "RAN.append('edited')"),
+            "the code there differs from the code that was imported",
+        ),
+        # the file is now shorter than the function's line
+        (lambda s: "import ppl\n", "the file no longer has that line"),
+    ],
+)
+def test_a_function_whose_file_changed_is_never_replaced_by_other_code(story, edit, what):
+    path, module = story
+    _edited(path, edit(STORY))
+    with pytest.raises(ppl.CompileError, match=what) as info:
+        ppl.program(module.short_words)
+    message = str(info.value)
+    assert f"the source of short_words at {path}:{STORY_LINE} changed since it was imported" in (
+        message
+    )
+    assert "Reload the module" in message
+    assert module.RAN == []  # neither the function nor the code now in its place ran
+
+
+def test_a_program_compiles_when_its_file_changed_elsewhere(story):
+    path, module = story
+    _edited(path, STORY + "\n\ndef added_later():\n    return 2\n")
+    prog = ppl.program(module.short_words)
+    assert ppl.importance(prog, 1.0, particles=2, seed=0).values == [True, True]
+    assert module.RAN == ["short_words", "short_words"]
+    # to another process as the function and its verified source: not read from the file again
+    _edited(path, "import ppl\n")
+    again = pickle.loads(pickle.dumps(prog))
+    assert ppl.importance(again, 1.0, particles=1, seed=0).values == [True]
+
+
+def test_a_program_keeps_the_source_it_was_decorated_with(story):
+    # decorated at import; the file is edited before the first inference run compiles it
+    path, module = story
+    prog = ppl.program(module.short_words)
+    _edited(path, STORY.replace("Bernoulli(p)", "Bernoulli(0.0)"))
+    assert ppl.importance(prog, 1.0, particles=2, seed=0).values == [True, True]
+    assert module.RAN == ["short_words", "short_words"]
+    assert [s.source for s in prog.code.sites] == ["x = ppl.sample(Bernoulli(p))"]
+
+
+def test_a_program_follows_its_function_when_a_reload_replaces_its_code(story):
+    path, module = story
+    prog = ppl.program(module.short_words)
+    edited = STORY.replace('RAN.append("short_words")', "RAN.append('edited')")
+    _edited(path, edited)
+    namespace: dict = {}
+    exec(compile(edited, str(path), "exec"), namespace)
+    module.short_words.__code__ = namespace["short_words"].__code__  # as IPython's autoreload
+    assert ppl.importance(prog, 1.0, particles=1, seed=0).values == [True]
+    assert module.RAN == ["edited"]
+
+
+def test_a_closure_with_an_imported_module_is_verified(tmp_path, monkeypatch):
+    # compiled in its own context: `math.floor(...)` on an imported name, a free variable
+    import importlib
+    import sys
+
+    (tmp_path / "closures.py").write_text(
+        "import math\nimport ppl\nfrom ppl.distributions import Categorical\n\n\n"
+        "def make(k):\n"
+        "    @ppl.program\n"
+        "    def prog(x):\n"
+        "        y = ppl.sample(Categorical([1]))\n"
+        "        return math.floor(x) + k + y\n"
+        "    return prog\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module("closures")
+        assert compiled(module.make(10), 2.5) == 13
+    finally:
+        sys.modules.pop("closures", None)
