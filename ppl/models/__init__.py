@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ppl.models.base import LanguageModel
+from ppl.models import spec as _spec
+from ppl.models.base import ContextWindowError, LanguageModel
 from ppl.models.spec import ModelSpec, spec
 from ppl.models.toy import FunctionLM
 
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from ppl.models.default import load
     from ppl.models.hf import HFModel
 
-__all__ = ["LanguageModel", "FunctionLM", "HFModel", "ModelSpec", "load", "spec"]
+__all__ = [
+    "LanguageModel",
+    "ContextWindowError",
+    "FunctionLM",
+    "HFModel",
+    "ModelSpec",
+    "load",
+    "spec",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,3 +42,29 @@ def __getattr__(name: str) -> Any:
 
         return load
     raise AttributeError(f"module 'ppl.models' has no attribute {name!r}")
+
+
+# -- what `ModelSpec.build()` calls for each kind ------------------------------------------------
+# Registered here rather than in the backends so that `spec` imports no backend (the backends
+# import `spec`), and so that a backend is imported only when a model of its kind is built.
+
+
+def _load_embedded(model_spec: ModelSpec) -> LanguageModel:
+    from ppl.models.default import load
+
+    return load(device=model_spec.device, dtype=model_spec.dtype)
+
+
+def _load_hf(model_spec: ModelSpec) -> LanguageModel:
+    from ppl.models.hf import HFModel
+
+    assert model_spec.name_or_path is not None  # ModelSpec.__post_init__ holds it
+    return HFModel.from_pretrained(
+        model_spec.name_or_path,
+        device=model_spec.device,
+        dtype=model_spec.dtype,
+        **dict(model_spec.options),
+    )
+
+
+_spec.LOADERS.update(embedded=_load_embedded, hf=_load_hf)

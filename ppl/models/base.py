@@ -13,6 +13,13 @@ Everything else (contexts, deduplication, counting, sampling) is shared and live
 `ppl.context`. States form a tree: a state is extended by several children when particles fork,
 so a backend that keeps a KV cache per state feeds every token exactly once. A vLLM or remote
 backend maps states to sequence ids with prefix caching; nothing else changes.
+
+Contexts are built on models, so the models sit below `ppl.context` and never import it.
+`lm.context(prompt)` makes a prompt's root context with the factory that `ppl.context` registers
+here when it is imported (`set_context_factory`); `import ppl` imports it, so the factory is in
+place before any user code runs. Everything else the model does with contexts (feeding them,
+reading their pending tokens) it does on the objects it is given. `Token`, a vocabulary entry,
+lives here and `ppl.context` re-exports it.
 """
 
 from __future__ import annotations
@@ -21,11 +28,50 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 
-from ppl.context import Context, Token
+if TYPE_CHECKING:
+    from ppl.context import Context
+
+
+class Token:
+    """One token: its `id`, its `bytes`, its `text` and whether it ends the sequence."""
+
+    __slots__ = ("id", "bytes", "is_eos")
+
+    def __init__(self, id: int, bytes: bytes, is_eos: bool) -> None:
+        self.id = id
+        self.bytes = bytes
+        self.is_eos = is_eos
+
+    @property
+    def text(self) -> str:
+        """The token's text; a token holding part of a multi-byte character shows U+FFFD."""
+        return self.bytes.decode("utf-8", errors="replace")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Token):
+            return self.id == other.id
+        if isinstance(other, (int, np.integer)) and not isinstance(other, bool):
+            return self.id == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __int__(self) -> int:
+        return self.id
+
+    __index__ = __int__
+
+    def __repr__(self) -> str:
+        return f"Token({self.id}, {self.text!r}{', eos' if self.is_eos else ''})"
+
+    def __deepcopy__(self, memo: dict) -> Token:
+        return self
 
 
 class Fed(NamedTuple):
@@ -43,6 +89,28 @@ SHARED_CALLS: ContextVar[Callable[[LanguageModel, Sequence[Context]], Fed] | Non
 )
 
 
+#: How `LanguageModel.context` makes the root context of a prompt: `(lm, prompt, ids) -> Context`,
+#: registered by `ppl.context` (see the module docstring).
+_context_factory: Callable[[LanguageModel, str, tuple[int, ...]], Context] | None = None
+
+
+def set_context_factory(factory: Callable[[LanguageModel, str, tuple[int, ...]], Context]) -> None:
+    """Make `factory(lm, prompt, ids)` what `lm.context(prompt)` calls to make a root context.
+
+    `ppl.context` calls it with `Context`'s own constructor when it is imported.
+    """
+    global _context_factory
+    _context_factory = factory
+
+
+class ContextWindowError(ValueError):
+    """A prompt, or a context extended from it, is longer than the model's context window.
+
+    Raised before the forward pass that would exceed `lm.max_length`: a model run past its
+    window gives no error of its own, only wrong probabilities.
+    """
+
+
 class LanguageModel(ABC):
     """A causal language model that ppl programs can condition on and sample from.
 
@@ -51,12 +119,21 @@ class LanguageModel(ABC):
     * `tokens_fed`: tokens given to the model. A run that never re-encodes feeds each distinct
       prompt once plus each generated token once.
     * `forward_calls`: batched calls made.
+    * `kv_peak_bytes`: the most bytes of keys and values held at once (after a forward pass)
+      since the last reset; `kv_bytes` is what is held now (both 0 for models without a
+      cache).
     """
 
     #: byte string of every token id; `len(token_bytes)` is the vocabulary size
     token_bytes: Sequence[bytes]
     #: ids that end a sequence
     eos_token_ids: frozenset[int]
+    #: the context window: the most tokens (prompt and added ones together) one sequence may
+    #: hold, or None when unknown. A longer prompt or context raises `ContextWindowError`;
+    #: set it to None to turn the check off.
+    max_length: int | None = None
+    #: where `max_length` comes from, named in its errors
+    max_length_source: str = "max_length"
 
     def __init__(self) -> None:
         self.tokens_fed = 0
@@ -136,9 +213,38 @@ class LanguageModel(ABC):
         root = self._roots.get(key)
         if root is None:
             ids = tuple(self.encode(prompt, add_special_tokens=add_special_tokens))
-            root = Context._root(self, prompt, ids)
+            self.check_length(len(ids), 0)
+            if _context_factory is None:
+                raise RuntimeError(
+                    "no context factory is registered: import ppl (ppl.context registers it)"
+                )
+            root = _context_factory(self, prompt, ids)
             self._roots[key] = root
         return root
+
+    def check_length(self, prompt: int, added: int, *, planned: int = 0) -> None:
+        """Raise `ContextWindowError` if `prompt` tokens followed by `added` tokens (and
+        `planned` more, up to a `max_tokens`) do not fit in the context window."""
+        limit = self.max_length
+        total = prompt + added + planned
+        if limit is None or total <= limit:
+            return
+        window = f"the model's context window of {limit} tokens ({self.max_length_source})"
+        if planned:
+            raise ContextWindowError(
+                f"a context of {prompt + added} tokens plus max_tokens={planned} is {total} "
+                f"tokens, longer than {window}: pass max_tokens={max(limit - prompt - added, 0)} "
+                "or fewer, or max_tokens=None to generate until EOS or the window is full"
+            )
+        if not added:
+            raise ContextWindowError(
+                f"prompt of {prompt} tokens is longer than {window}: shorten the prompt"
+            )
+        raise ContextWindowError(
+            f"context of {total} tokens ({prompt} of prompt, {added} added after it) is longer "
+            f"than {window}: stop generating earlier (fewer tokens, e.g. a smaller max_tokens) "
+            "or shorten the prompt"
+        )
 
     def chat(self, messages: str | list[dict[str, str]], *, system: str | None = None) -> str:
         """A prompt string in the model's chat format, ending where the assistant's reply starts.
@@ -208,6 +314,9 @@ class LanguageModel(ABC):
         """One batched call, a row per group of `unfed`; returns the tokens fed."""
         if not groups:
             return 0
+        if self.max_length is not None:  # before the forward pass: none is run past the window
+            for g in groups:
+                self.check_length(len(g[0]._prompt_ids), len(g[0]))
         new_tokens = [list(g[0]._pending) for g in groups]
         parents = [g[0]._base for g in groups]
         # rows whose contexts want each fed token scored (`Context._scores`, continuations)
@@ -228,6 +337,22 @@ class LanguageModel(ABC):
     def reset_counters(self) -> None:
         self.tokens_fed = 0
         self.forward_calls = 0
+        self._kv_peak = self.kv_bytes
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of keys and values that live contexts hold now (0 for a model without a
+        cache). Each stored tensor counts once, however many contexts share it."""
+        return 0
+
+    @property
+    def kv_peak_bytes(self) -> int:
+        """The most `kv_bytes` seen after a forward pass since the last `reset_counters()`."""
+        return max(getattr(self, "_kv_peak", 0), self.kv_bytes)
+
+    def _note_kv(self) -> None:
+        """Backends with a cache call this after each forward pass to keep `kv_peak_bytes`."""
+        self._kv_peak = max(getattr(self, "_kv_peak", 0), self.kv_bytes)
 
     def __deepcopy__(self, memo: dict) -> LanguageModel:
         return self  # models are shared, never copied, when a particle forks

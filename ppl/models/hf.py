@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,30 +33,8 @@ import torch
 
 from ppl.models.base import LanguageModel
 from ppl.models.spec import ModelSpec, _build_spec, is_plain, register
-
-# -- devices and dtypes --------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or CUDA when available and the CPU otherwise."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`dtype` (a torch dtype or its name), or float32 on CPU and bfloat16 on CUDA if supported."""
-    if dtype is None:
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'bfloat16' or 'float16'")
-    return resolved
-
+from ppl.models.spec import resolve_device as resolve_device  # its old home
+from ppl.models.spec import resolve_dtype as resolve_dtype
 
 # -- token bytes ---------------------------------------------------------------------------------
 
@@ -152,7 +131,7 @@ def token_bytes_of(tokenizer: Any, vocab_size: int) -> list[bytes]:
 class _KVGroup:
     """The cache of one batched forward: per-layer keys/values for all its rows."""
 
-    __slots__ = ("keys", "values", "mask", "next_pos", "__weakref__")
+    __slots__ = ("keys", "values", "mask", "next_pos", "nbytes", "__weakref__")
 
     def __init__(
         self,
@@ -167,6 +146,7 @@ class _KVGroup:
         # None when every position of every row is real (all rows then have `length` tokens)
         self.mask = mask
         self.next_pos = next_pos  # per row: the number of real tokens, i.e. the next position id
+        self.nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values))
 
     @property
     def length(self) -> int:
@@ -217,6 +197,28 @@ def _tensors_from_cache(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tens
     return list(cache.key_cache), list(cache.value_cache)
 
 
+# -- the context window --------------------------------------------------------------------------
+
+#: `model_max_length` of a tokenizer that does not know it (transformers' VERY_LARGE_INTEGER)
+_UNKNOWN_LENGTH = 10**9
+
+
+def _context_window(config: Any, tokenizer: Any) -> tuple[int | None, str]:
+    """The most tokens the model takes in one sequence, and the setting that says so.
+
+    The model's config (`max_position_embeddings`, or `n_positions` in GPT-2 style configs),
+    else the tokenizer's `model_max_length` when it holds a real value; None when unknown.
+    """
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value, name
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < _UNKNOWN_LENGTH:
+        return value, "tokenizer.model_max_length"
+    return None, "max_length"
+
+
 # -- the model -----------------------------------------------------------------------------------
 
 
@@ -230,6 +232,11 @@ class HFModel(LanguageModel):
     A model loaded by `from_pretrained` (with plain keyword values) records how as `spec` and
     pickles as that spec; one wrapped from an in-memory model has `spec = None` and does not
     pickle.
+
+    `max_length` is the context window from the model's config (`max_position_embeddings`),
+    else from the tokenizer's `model_max_length`; a longer prompt or context raises
+    `ContextWindowError` before its forward pass. Set `lm.max_length` to change it, or to None
+    to turn the check off.
     """
 
     #: how to build this model again in another process (`ppl.models.spec`), if known
@@ -237,6 +244,7 @@ class HFModel(LanguageModel):
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         super().__init__()
+        self._groups: weakref.WeakSet[_KVGroup] = weakref.WeakSet()  # batches still in use
         from transformers import DynamicCache
 
         self.model = model.eval()
@@ -276,6 +284,7 @@ class HFModel(LanguageModel):
         # the cache argument is `cache` since transformers 5.24, `past_key_values` before
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._pad_id = 0  # fed in the right-padding of shorter rows; masked, so any id will do
+        self.max_length, self.max_length_source = _context_window(text_config, tokenizer)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -481,7 +490,26 @@ class HFModel(LanguageModel):
         del out, cache
 
         group = _KVGroup(keys, values, mask, [s + n_ for s, n_ in zip(starts, lens, strict=True)])
+        self._groups.add(group)
+        self._note_kv()
         return [_KVState(group, i) for i in range(n)], logprobs, scores
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the key/value tensors of every batch that some live context still uses.
+
+        A batch's tensors hold every row's whole sequence, and stay alive as long as any one
+        of its rows is used."""
+        return sum(g.nbytes for g in list(self._groups))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one token takes, stored once (all layers)."""
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        size = torch.empty(0, dtype=self.model.dtype).element_size()
+        return 2 * c.num_hidden_layers * heads * dim * size
 
     def _gather(
         self,

@@ -19,6 +19,10 @@ every task; it receives a `ModelSpec` and builds the model from it once. Three p
 Only plain values (None, bool, int, float, str, tuples of them) may appear in a spec: they are
 what makes it hashable and picklable without importing anything heavy. Local paths are taken
 as they are: a worker on another machine needs the same path.
+
+The backends (`ppl.models.hf`, `ppl.models.default`) import this module and it imports none of
+them: `build()` calls the loader registered for the spec's kind in `LOADERS`, which `ppl.models`
+fills in, and the device and dtype defaults (`resolve_device`, `resolve_dtype`) live here.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import dataclasses
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +42,11 @@ if TYPE_CHECKING:
 KINDS = ("embedded", "hf")
 FORMS = '"embedded" or "hf:NAME_OR_PATH" (a HuggingFace model id or a local directory)'
 _SECRET_OPTIONS = frozenset({"token", "use_auth_token"})
+
+#: kind -> the function that loads a model of that kind from its spec. `ppl.models` registers
+#: them (importing a backend only when a model of its kind is built): the backends import this
+#: module, it imports none of them.
+LOADERS: dict[str, Callable[[ModelSpec], LanguageModel]] = {}
 
 # spec -> model, held for the life of the process: what makes a worker build its model once
 _built: dict[ModelSpec, LanguageModel] = {}
@@ -149,23 +158,17 @@ class ModelSpec:
         The defaults: CUDA when available, else the CPU; bfloat16 on CUDA where supported, else
         float32. A model records its resolved spec, so a copy of it is the same model.
         """
-        from ppl.models.hf import resolve_device, resolve_dtype
-
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
         return dataclasses.replace(self, dtype=dtype, device=device)
 
     def _load(self) -> LanguageModel:
-        if self.kind == "embedded":
-            from ppl.models.default import load
-
-            return load(device=self.device, dtype=self.dtype)
-        from ppl.models.hf import HFModel
-
-        assert self.name_or_path is not None  # __post_init__ holds it
-        return HFModel.from_pretrained(
-            self.name_or_path, device=self.device, dtype=self.dtype, **dict(self.options)
-        )
+        loader = LOADERS.get(self.kind)
+        if loader is None:
+            raise RuntimeError(
+                f"no loader is registered for {self.kind!r} models: import ppl.models"
+            )
+        return loader(self)
 
     def __str__(self) -> str:
         text = "embedded" if self.kind == "embedded" else f"hf:{self.name_or_path}"
@@ -218,6 +221,30 @@ def register(model: LanguageModel, model_spec: ModelSpec) -> None:
 def _build_spec(model_spec: ModelSpec) -> LanguageModel:
     """Unpickle a model: build it from its spec (once per process)."""
     return model_spec.build()
+
+
+# -- devices and dtypes --------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when available and the CPU otherwise."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`dtype` (a torch dtype or its name), or float32 on CPU and bfloat16 on CUDA if supported."""
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'bfloat16' or 'float16'")
+    return resolved
 
 
 # -- normalisation -------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class FunctionLM(LanguageModel):
             With `logits=True` it returns unnormalised log-probabilities instead.
         eos: the EOS token string(s) or id(s).
         bos: a token string or id put before every prompt (optional).
+        max_length: a context window in tokens (optional), as `lm.max_length`: a longer
+            prompt or context raises `ContextWindowError` before it is fed.
 
     Prompts are encoded by greedy longest match over the vocabulary.
     """
@@ -43,8 +45,10 @@ class FunctionLM(LanguageModel):
         eos: str | int | Sequence[str | int] = (),
         bos: str | int | None = None,
         logits: bool = False,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_length = max_length
         self.token_bytes = [v.encode() if isinstance(v, str) else bytes(v) for v in vocab]
         if len(set(self.token_bytes)) != len(self.token_bytes):
             raise ValueError("FunctionLM: the vocabulary has repeated tokens")

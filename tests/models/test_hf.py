@@ -296,6 +296,35 @@ def test_bad_new_tokens_rejected(tiny_lm):
         tiny_lm.extend([None], [[1, tiny_lm.vocab_size]])
 
 
+def test_context_window_tiny(tiny_lm):
+    from ppl.models import ContextWindowError
+
+    assert tiny_lm.max_length == 256  # the config's max_position_embeddings
+    assert tiny_lm.max_length_source == "max_position_embeddings"
+    tiny_lm.reset_counters()
+    with pytest.raises(ContextWindowError, match=r"context window of 256 tokens \(max_pos"):
+        tiny_lm.context("a" * 300)
+    assert tiny_lm.forward_calls == 0
+
+
+def test_context_window_from_the_tokenizer_when_the_config_has_none():
+    from types import SimpleNamespace
+
+    from ppl.models.hf import _context_window
+
+    config = SimpleNamespace()
+    assert _context_window(config, SimpleNamespace(model_max_length=2048)) == (
+        2048,
+        "tokenizer.model_max_length",
+    )
+    # transformers' placeholder for a tokenizer that does not know its model's window
+    assert _context_window(config, SimpleNamespace(model_max_length=int(1e30)))[0] is None
+    assert _context_window(SimpleNamespace(n_positions=1024), SimpleNamespace()) == (
+        1024,
+        "n_positions",
+    )
+
+
 def test_groups_are_freed(tiny_lm):
     """A group lives while a state refers to it; children do not keep their parents' groups."""
     (root,), _ = tiny_lm.extend([None], [tiny_lm.encode("the cat")])
@@ -412,6 +441,25 @@ def test_embedded_kv_exactness(embedded_lm):
 
 
 @pytest.mark.slow
+def test_embedded_context_window(embedded_lm):
+    from ppl.models import ContextWindowError
+
+    lm = embedded_lm
+    assert lm.max_length == 8192
+    prompt = lm.chat("Tell me a story. " * 1800)
+    n = len(lm.encode(prompt))
+    assert n > 9000
+    lm.reset_counters()
+    with pytest.raises(ContextWindowError) as info:
+        lm.context(prompt)
+    assert str(info.value).startswith(
+        f"prompt of {n} tokens is longer than the model's context window of 8192 tokens "
+        "(max_position_embeddings)"
+    )
+    assert lm.forward_calls == 0 and lm.tokens_fed == 0
+
+
+@pytest.mark.slow
 def test_embedded_context_api(embedded_lm):
     lm = embedded_lm
     prompt = lm.chat("Say something nice.")
@@ -446,3 +494,43 @@ def test_embedded_context_api(embedded_lm):
     fed = lm.tokens_fed
     assert torch.allclose(same.logprobs(), contexts[-1].logprobs(), **tol)
     assert lm.tokens_fed == fed + len(ids)
+
+
+# -- keys and values held ------------------------------------------------------------------------
+
+
+def test_kv_bytes_count_each_live_batch_once(tiny_lm):
+    import gc
+
+    lm = tiny_lm
+    gc.collect()
+    lm.reset_counters()
+    before = lm.kv_bytes  # contexts of other tests that are still alive
+    c = lm.model.config
+    per_token = lm.kv_bytes_per_token
+    head_dim = c.hidden_size // c.num_attention_heads
+    assert per_token == 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 4  # float32
+    root = lm.context("ab ab")
+    lm.compute_logprobs([root])  # one forward pass: one row of the prompt's keys and values
+    prompt = len(root.prompt_tokens)
+    assert lm.kv_bytes - before == prompt * per_token
+    kids = [root + t for t in (5, 6, 7)]
+    lm.compute_logprobs(kids)  # one batch of three rows, each holding its whole sequence
+    grown = 3 * (prompt + 1) * per_token
+    assert lm.kv_bytes - before == prompt * per_token + grown
+    del kids
+    gc.collect()
+    assert lm.kv_bytes - before == prompt * per_token  # the batch went with its contexts
+    assert lm.kv_peak_bytes - before >= prompt * per_token + grown
+    lm.reset_counters()
+    assert lm.kv_peak_bytes == lm.kv_bytes
+    del root
+    gc.collect()
+    assert lm.kv_bytes == before
+
+
+def test_models_without_a_cache_hold_no_keys():
+    from tests.inference.toy import toy_lm
+
+    toy_lm.compute_logprobs([toy_lm.context("")])
+    assert toy_lm.kv_bytes == 0 and toy_lm.kv_peak_bytes == 0
