@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 import weakref
 from typing import Any
 
@@ -43,6 +44,9 @@ class Constraint:
         if is_error:
             line, column = _llg_location(messages[0]) if isinstance(self, Grammar) else (None, None)
             message = _llg_message(messages[0])
+            if message.startswith("Unsatisfiable schema"):
+                found = self._empty_part() or message.removeprefix("Unsatisfiable schema: ")
+                raise ConstraintError(f"{type(self).__name__}: {_EMPTY_SCHEMA}: {found}")
             if "regex parse error" in message and "not supported" not in message:
                 what = "invalid regular expression"
             else:
@@ -52,9 +56,16 @@ class Constraint:
             raise ConstraintError(f"{type(self).__name__}: {what}: {message}", line, column)
         self._states: weakref.WeakKeyDictionary[Any, GrammarStates] = weakref.WeakKeyDictionary()
         if _language_is_empty(self.grammar):
+            found = self._empty_part()
             raise ConstraintError(
-                f"{type(self).__name__}: its language is empty: no string matches"
+                f"{type(self).__name__}: {_EMPTY_SCHEMA}: {found}"
+                if found
+                else f"{type(self).__name__}: its language is empty: no string matches"
             )
+
+    def _empty_part(self) -> str | None:
+        """The part of the constraint that makes its language empty, when one is known."""
+        return None
 
     def states(self, lm: Any) -> GrammarStates:
         """The grammar states of this constraint on `lm` (made once per model)."""
@@ -121,25 +132,31 @@ class Grammar(Constraint):
 
 
 class Regex(Constraint):
-    """Strings that fully match a regular expression (Rust `regex` syntax: no look-around or
-    back-references; ASCII `\\d`, `\\w`, `\\s` are safest). `parse` returns the `re.Match`.
+    """Strings that fully match a regular expression, in Python `re` syntax; `parse` returns the
+    `re.Match`.
+
+    Raises `ConstraintError` for a pattern Python's `re` rejects (with the position), for
+    constructs the token-mask engine cannot do (look-around, back-references, `\\b`, `\\Z`,
+    atomic groups, possessive quantifiers, ...: the error names them) and for patterns the two
+    would read differently, so the language is the one `re.fullmatch` defines. `\\d`, `\\w`,
+    `\\s` follow the engine's Unicode tables, which differ from `re`'s on a few characters: ASCII
+    classes (`[0-9]`) are exact.
     """
 
     def __init__(self, pattern: str) -> None:
         if not isinstance(pattern, str):
             raise TypeError(f"Regex takes a pattern str, got {type(pattern).__name__}")
         self.source = pattern
-        try:
-            self._re: re.Pattern | None = re.compile(pattern)
-        except re.error:
-            self._re = None  # valid for the mask engine maybe; it reports below
+        self._re: re.Pattern = _python_regex(pattern)
         self.grammar = llguidance.LLMatcher.grammar_from_regex(pattern)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar)
+        if is_error:
+            detail = _regex_engine_message(pattern, messages[0])
+            raise ConstraintError(f"Regex: not supported by the token-mask engine: {detail}")
         self._check()
 
     def parse(self, text: str) -> re.Match:
         """The match of the whole of `text`; raises `ValueError` if it does not match."""
-        if self._re is None:
-            raise ValueError(f"Python's re cannot compile {self.source!r}")
         m = self._re.fullmatch(text)
         if m is None:
             raise ValueError(f"{text!r} does not match /{self.source}/")
@@ -147,13 +164,28 @@ class Regex(Constraint):
 
 
 class JSONSchema(Constraint):
-    """JSON documents valid under a JSON schema (a dict or its JSON text).
+    """JSON documents valid under a JSON schema (a dict, a bool or its JSON text), written in the
+    form the token-mask engine generates: see docs/constraints.md for exactly which documents.
 
     Without `whitespace=True` the documents are compact (no whitespace between tokens), which
-    is what most uses want and keeps masks small. `parse` returns the decoded Python value.
+    is what most uses want and keeps masks small. `coerce_one_of=True` reads each `oneOf` as
+    `anyOf` where the engine cannot prove its branches exclusive, and `lenient=True` ignores the
+    keywords and formats the engine does not implement: both make the language larger than the
+    schema's (it then holds some invalid documents). Other options of the engine go in the
+    schema's top-level `"x-guidance"` object. `parse` returns the decoded Python value.
+
+    Raises `ConstraintError` for a schema whose language is empty (naming the part that makes
+    it so, e.g. `"enum": []`, or the schema `False`) and for keywords the engine cannot do.
     """
 
-    def __init__(self, schema: dict | str, *, whitespace: bool = False) -> None:
+    def __init__(
+        self,
+        schema: dict | bool | str,
+        *,
+        whitespace: bool = False,
+        coerce_one_of: bool = False,
+        lenient: bool = False,
+    ) -> None:
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
@@ -161,21 +193,164 @@ class JSONSchema(Constraint):
                 raise ConstraintError(
                     f"JSONSchema: invalid JSON: {e.msg}", e.lineno, e.colno
                 ) from None
-        if not isinstance(schema, dict):
-            raise TypeError(f"JSONSchema takes a dict or JSON text, got {type(schema).__name__}")
+        if not isinstance(schema, (dict, bool)):
+            raise TypeError(
+                f"JSONSchema takes a dict, a bool or JSON text, got {type(schema).__name__}"
+            )
         self.schema = schema
         self.source = json.dumps(schema)
+        if schema is False:
+            raise ConstraintError(f"JSONSchema: {_EMPTY_SCHEMA}: the schema is false")
+        options: dict[str, bool] = {"whitespace_flexible": whitespace}
+        if coerce_one_of:  # else as the schema's "x-guidance" says
+            options["coerce_one_of"] = True
+        if lenient:
+            options["lenient"] = True
+        own = schema.get("x-guidance") if isinstance(schema, dict) else None
+        lenient_too = lenient or (isinstance(own, dict) and own.get("lenient") is True)
+        normal = _normal_schema(schema, "", lenient_too)
         try:
-            self.grammar = llguidance.LLMatcher.grammar_from_json_schema(
-                schema, overrides={"whitespace_flexible": whitespace}
-            )
+            self.grammar = llguidance.LLMatcher.grammar_from_json_schema(normal, overrides=options)
         except ValueError as e:
             raise ConstraintError(f"JSONSchema: {e}") from None
-        self._check()
+        try:
+            self._check()
+        except ConstraintError as e:
+            message = str(e)
+            for words, hint in _JSON_HINTS.items():
+                message = message.replace(words, hint)
+            raise ConstraintError(message) from None
+
+    def _empty_part(self) -> str | None:
+        return _empty_schema_part(self.schema, "")
 
     def parse(self, text: str) -> Any:
         """The decoded JSON value; raises `json.JSONDecodeError` if `text` is not JSON."""
         return json.loads(text)
+
+
+_EMPTY_SCHEMA = "its language is empty (the schema is unsatisfiable)"
+
+# keywords whose value is a non-negative integer (draft 2020-12 counts 2.0 as one)
+_COUNT_KEYWORDS = {
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minContains",
+    "maxContains",
+    "minProperties",
+    "maxProperties",
+}
+# keywords whose value is a schema, a list of schemas or a map from names to schemas
+_SUBSCHEMA = {
+    "items",
+    "additionalItems",
+    "additionalProperties",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contentSchema",
+}
+_SUBSCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems", "items"}
+_SUBSCHEMA_MAPS = {
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+    "dependencies",
+}
+
+# the engine's words -> what they mean for JSONSchema's options
+_JSON_HINTS = {
+    "Enable 'coerce_one_of' option to approximate oneOf with anyOf": (
+        "JSONSchema(..., coerce_one_of=True) reads such a oneOf as anyOf (the language then "
+        "also holds documents that match several branches)"
+    ),
+    "Unimplemented keys: [": "Unimplemented keys (JSONSchema(..., lenient=True) ignores them, "
+    "which makes the language larger than the schema's): [",
+    "Unknown format: ": "Unknown format (JSONSchema(..., lenient=True) ignores it): ",
+}
+
+
+def _pointer(path: str, key: str | int) -> str:
+    """The JSON pointer of `key` under the schema at `path`."""
+    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
+
+
+def _normal_schema(schema: Any, path: str, lenient: bool) -> Any:
+    """A copy of `schema` in the form the engine takes: `true` as `{}`, counts such as
+    `"maxItems": 2.0` as integers, `"uniqueItems": false` (which constrains nothing) left out."""
+    if schema is True and not path:
+        return {}
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        where = _pointer(path, key)
+        if key in _COUNT_KEYWORDS:
+            integral = isinstance(value, float) and value.is_integer()
+            if integral:
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConstraintError(
+                    f"JSONSchema: invalid schema: {key} at {where} must be a non-negative "
+                    f"integer, got {value!r}"
+                )
+        elif key == "uniqueItems" and value is False:
+            continue
+        elif key == "uniqueItems" and value is True and not lenient:
+            raise ConstraintError(
+                f"JSONSchema: not supported by the token-mask engine: uniqueItems: true at "
+                f"{where} (it cannot require the items of an array to differ; "
+                "JSONSchema(..., lenient=True) ignores it, which lets items repeat)"
+            )
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            value = [_normal_schema(v, _pointer(where, i), lenient) for i, v in enumerate(value)]
+        elif key in _SUBSCHEMA:
+            value = _normal_schema(value, where, lenient)
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            value = {k: _normal_schema(v, _pointer(where, k), lenient) for k, v in value.items()}
+        out[key] = value
+    return out
+
+
+def _empty_schema_part(schema: Any, path: str) -> str | None:
+    """A part of `schema` that by itself makes its language empty: the schema `false`, an empty
+    `enum`, `type`, `anyOf` or `oneOf`, reached through `allOf`, through every branch of an
+    `anyOf`, or through a required property of a schema that only takes objects."""
+    if schema is False:
+        return f"the schema at {path} is false" if path else "the schema is false"
+    if not isinstance(schema, dict):
+        return None
+    for key in ("enum", "type", "anyOf", "oneOf"):
+        if schema.get(key) == []:
+            return f"{key} at {_pointer(path, key)} is empty"
+    for key in ("allOf", "anyOf", "oneOf"):
+        branches = schema.get(key)
+        if not isinstance(branches, list):
+            continue
+        where = _pointer(path, key)
+        found = [_empty_schema_part(b, _pointer(where, i)) for i, b in enumerate(branches)]
+        if key == "allOf" and any(found):
+            return next(f for f in found if f)
+        if key != "allOf" and found and all(found):
+            return f"no branch of {key} at {where} is satisfiable: {'; '.join(map(str, found))}"
+    properties, required = schema.get("properties"), schema.get("required")
+    if schema.get("type") in ("object", ["object"]) and isinstance(properties, dict):
+        for name in required if isinstance(required, list) else []:
+            if isinstance(name, str) and name in properties:
+                where = _pointer(_pointer(path, "properties"), name)
+                found = _empty_schema_part(properties[name], where)
+                if found:
+                    return f"required property {name!r}: {found}"
+    return None
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -205,6 +380,145 @@ def _llg_message(message: str) -> str:
 def _llg_location(message: str) -> tuple[int | None, int | None]:
     m = re.search(r"(?:^|at )(\d+)\((\d+)\)", message)
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+# Python's own regex parser: the tree shows the constructs `re` reads differently from the
+# mask engine (Python >= 3.11 names it re._parser; 3.10 has sre_parse)
+try:
+    from re import _parser as _re_parser
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _re_parser
+
+# constructs of `re` that the engine rejects or reads differently, by parser opcode
+_RE_UNSUPPORTED = {
+    "GROUPREF": "back-references (\\1, (?P=name))",
+    "GROUPREF_EXISTS": "conditional groups (?(id)yes|no)",
+    "ASSERT": "look-around (?=...), (?<=...)",
+    "ASSERT_NOT": "look-around (?!...), (?<!...)",
+    "ATOMIC_GROUP": "atomic groups (?>...)",
+    "POSSESSIVE_REPEAT": "possessive quantifiers (*+, ++, ?+, {m,n}+)",
+    "AT_BOUNDARY": "word boundaries \\b",
+    "AT_NON_BOUNDARY": "word boundaries \\B",
+    "AT_END_STRING": "\\Z (leave it out: the whole text must match anyway)",
+}
+
+
+def _python_regex(pattern: str) -> re.Pattern:
+    """`re.compile(pattern)`, or a `ConstraintError` if `re` rejects it, if it uses a construct
+    the mask engine cannot do, or if the engine would read it differently."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            compiled = re.compile(pattern)
+            tree = _re_parser.parse(pattern)  # not cached: warns every time
+        except re.error as e:
+            at = f" at position {e.pos}" if e.pos is not None else ""
+            raise ConstraintError(
+                f"Regex: invalid regular expression {pattern!r}{at}: {e.msg}"
+            ) from None
+    if caught:  # e.g. "Possible nested set": [[:alpha:]] is a POSIX class for the engine
+        raise ConstraintError(
+            f"Regex: ambiguous regular expression {pattern!r}: {caught[0].message} (Python's re "
+            "and the token-mask engine read it differently; escape the character)"
+        )
+    ops, flags = _re_ops(tree, tree.state.flags)
+    for op in ops:
+        if op in _RE_UNSUPPORTED:
+            what = _RE_UNSUPPORTED[op]
+            raise ConstraintError(
+                f"Regex: not supported by the token-mask engine: {what} in {pattern!r}"
+            )
+    if flags & re.MULTILINE and ops & {"AT_BEGINNING", "AT_END"}:
+        raise ConstraintError(
+            f"Regex: not supported by the token-mask engine: ^ and $ in multi-line mode (?m) in "
+            f"{pattern!r}"
+        )
+    if flags & (re.ASCII | re.LOCALE):
+        raise ConstraintError(
+            f"Regex: not supported by the token-mask engine: ASCII mode (?a) in {pattern!r} "
+            "(write ASCII classes out: [0-9], [A-Za-z0-9_], [ \\t\\n\\r\\f\\v])"
+        )
+    if flags & re.VERBOSE:
+        position = _verbose_class_space(pattern)
+        if position is not None:
+            raise ConstraintError(
+                f"Regex: ambiguous regular expression {pattern!r} at position {position}: in "
+                "verbose mode (?x), re keeps spaces and '#' inside [...] but the token-mask "
+                "engine drops them; escape them (\\  or \\#)"
+            )
+    return compiled
+
+
+def _re_ops(tree: Any, flags: int) -> tuple[set[str], int]:
+    """The names of the opcodes and AT codes in a parsed pattern, and the union of its flags."""
+    ops: set[str] = set()
+    for op, av in tree:
+        ops.add(op.name)
+        if op.name == "AT":
+            ops.add(av.name)
+        if op.name == "SUBPATTERN":
+            flags |= av[1]
+        for item in av if isinstance(av, (tuple, list)) else (av,):
+            for sub in item if isinstance(item, list) else (item,):
+                if isinstance(sub, _re_parser.SubPattern):
+                    sub_ops, flags = _re_ops(sub, flags)
+                    ops |= sub_ops
+    return ops, flags
+
+
+def _verbose_class_space(pattern: str) -> int | None:
+    """Where a character class holds an unescaped space or '#', read in verbose mode."""
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            elif c.isspace() or c == "#":
+                return i
+        elif c == "#":  # a comment, to the end of the line
+            while i < n and pattern[i] != "\n":
+                i += 1
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "^":
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":  # a leading ] is a literal
+                i += 1
+        i += 1
+    return None
+
+
+def _regex_engine_message(pattern: str, message: str) -> str:
+    """The engine's reason for refusing a pattern `re` accepts, with its position."""
+    lines = message.splitlines()
+    errors = [ln.strip().removeprefix("error:").strip() for ln in lines if "error:" in ln[:12]]
+    detail = errors[0] if errors else _llg_message(message)
+    position = None
+    for above, line in zip(lines[1:], lines[2:]):  # the pattern, indented 4, and a caret line
+        if above == "    " + pattern and line.strip().startswith("^"):
+            position = len(line) - len(line.lstrip()) - 4
+            break
+    rest = pattern[position:] if position is not None else ""
+    if position is not None and pattern[:position].endswith("(?") and rest.startswith("#"):
+        detail = "comment groups (?#...) are not supported"
+    elif re.match(r"\\(0|[0-7]{3})", rest):
+        detail = "octal escapes are not supported (write \\xNN)"
+    elif rest.startswith("\\N"):
+        detail = "named characters \\N{...} are not supported (write the character)"
+    elif "repetition" in detail:
+        detail += " (re reads a '{' that starts no repetition literally: write \\{; {,n} is {0,n})"
+    elif rest.startswith("\\b"):
+        detail += " (re reads [\\b] as a backspace: write \\x08)"
+    elif re.search(r"lookarounds not supported yet; (Start|End) ", detail):
+        detail = "^, \\A and $ are supported only where they begin or end the whole text"
+    elif re.search(r"lookarounds not supported yet; Word(Start|End)", detail):
+        detail = "\\< and \\> are word boundaries for the engine (re reads them as < and >)"
+    at = f" at position {position}" if position is not None else ""
+    return f"{pattern!r}{at}: {detail}"
 
 
 def _lark_location(e: Exception, text: str) -> tuple[int | None, int | None]:

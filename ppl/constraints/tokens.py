@@ -30,7 +30,15 @@ import torch
 
 from ppl.constraints import predicate as _predicate
 from ppl.constraints.grammar import Constraint
-from ppl.context import Context, NextToken, Token, _decode_complete, draw_rows, stack_rows
+from ppl.context import (
+    Context,
+    NextToken,
+    Token,
+    _decode_complete,
+    draw_rows,
+    set_restricted_next_token,
+    stack_rows,
+)
 
 Predicate = Callable[[str], Any]
 
@@ -144,6 +152,10 @@ class ConstrainedNextToken(NextToken):
         if self.where is not None:
             parts.append(f"where={getattr(self.where, '__name__', 'predicate')}")
         return f"ConstrainedNextToken({', '.join(parts)})"
+
+
+# what `ctx.next_token(constraint, where=...)` returns (`ppl.context` imports no constraint code)
+set_restricted_next_token(ConstrainedNextToken)
 
 
 def _text_after(ctx: Context, token: Token) -> str:
