@@ -20,6 +20,7 @@ posterior = ppl.smc(story, "Once upon a time", particles=16, seed=0)
 """
 
 from ppl import constraints, distributions, handlers, models
+from ppl._version import __version__ as __version__
 from ppl.compiler import CompileError, Program, program
 from ppl.constraints import ConstraintError, Grammar, JSONSchema, Regex, generate
 from ppl.context import Context, NextToken, Token
@@ -39,8 +40,6 @@ from ppl.inference.nuts import nuts
 from ppl.primitives import condition, factor, observe, sample, twist
 from ppl.trace import Choice, Trace
 from ppl.workloads import imap, map
-
-__version__ = "0.1.0"
 
 __all__ = [
     "program",

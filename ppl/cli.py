@@ -39,8 +39,8 @@ from typing import Any, TextIO
 
 import ppl
 from ppl.compiler import Program
+from ppl.inference.notices import InferenceWarning
 from ppl.inference.posterior import Posterior
-from ppl.inference.smc import InferenceWarning
 from ppl.workloads import ItemError, Results
 
 METHODS: dict[str, Callable[..., Posterior]] = {

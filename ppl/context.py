@@ -5,57 +5,32 @@ makes a new context and leaves `ctx` as it was, so particles can share contexts 
 fork. Behind the value, a context remembers the backend state (KV cache) of its longest fed
 prefix; the backend extends that state by the pending tokens the first time the context's
 next-token distribution is needed, so no token is ever fed twice.
+
+Contexts sit above the models and below the constraints, and the imports run that way:
+
+* `lm.context(prompt)` makes a root context with `Context`'s constructor, which this module
+  registers with `ppl.models.base` (`set_context_factory`) when it is imported;
+* `ctx.next_token(constraint, where=...)` returns the restricted distribution that
+  `ppl.constraints.tokens` registers here (`set_restricted_next_token`) when it is imported.
+
+`import ppl` imports both modules, so the two are in place before any user code runs.
 """
 
 from __future__ import annotations
 
 import codecs
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ppl.models import base as _models
+from ppl.models.base import Token as Token  # its home: a vocabulary entry of a model
+
 if TYPE_CHECKING:
     from ppl.models.base import LanguageModel
-
-
-class Token:
-    """One token: its `id`, its `bytes`, its `text` and whether it ends the sequence."""
-
-    __slots__ = ("id", "bytes", "is_eos")
-
-    def __init__(self, id: int, bytes: bytes, is_eos: bool) -> None:
-        self.id = id
-        self.bytes = bytes
-        self.is_eos = is_eos
-
-    @property
-    def text(self) -> str:
-        """The token's text; a token holding part of a multi-byte character shows U+FFFD."""
-        return self.bytes.decode("utf-8", errors="replace")
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Token):
-            return self.id == other.id
-        if isinstance(other, (int, np.integer)) and not isinstance(other, bool):
-            return self.id == other
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def __int__(self) -> int:
-        return self.id
-
-    __index__ = __int__
-
-    def __repr__(self) -> str:
-        return f"Token({self.id}, {self.text!r}{', eos' if self.is_eos else ''})"
-
-    def __deepcopy__(self, memo: dict) -> Token:
-        return self
 
 
 class _Chain:
@@ -219,9 +194,12 @@ class Context:
         """
         if constraint is None and where is None:
             return NextToken(self)
-        from ppl.constraints.tokens import ConstrainedNextToken
-
-        return ConstrainedNextToken(self, constraint, where)
+        if _restricted_next_token is None:
+            raise RuntimeError(
+                "no restricted next-token distribution is registered: import ppl "
+                "(ppl.constraints.tokens registers it)"
+            )
+        return _restricted_next_token(self, constraint, where)
 
     def continuation(self, *, eos: bool = False) -> Continuation:
         """The text that comes next after this context, as something to `observe`.
@@ -258,6 +236,21 @@ class Context:
     def __repr__(self) -> str:
         shown = self.text if len(self.text) <= 60 else "..." + self.text[-57:]
         return f"Context(prompt={self._prompt[-30:]!r}, text={shown!r})"
+
+
+_models.set_context_factory(Context._root)
+
+#: What `ctx.next_token(constraint, where=...)` returns when either is given: a function
+#: `(context, constraint, where) -> NextToken`, registered by `ppl.constraints.tokens` (see the
+#: module docstring).
+_restricted_next_token: Callable[[Context, Any, Any], NextToken] | None = None
+
+
+def set_restricted_next_token(factory: Callable[[Context, Any, Any], NextToken]) -> None:
+    """Make `factory(context, constraint, where)` what `ctx.next_token(constraint, where=...)`
+    returns (`ppl.constraints.tokens` registers its `ConstrainedNextToken`)."""
+    global _restricted_next_token
+    _restricted_next_token = factory
 
 
 def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Effect handlers for direct runs: `trace`, `seed`, `condition`, `replay`, `block`, `scale`.
 
-A program called directly sends each primitive as a message (`ppl.primitives.Message`) through
+A program called directly sends each primitive as a message (`ppl.runtime.Message`) through
 a stack of handlers, innermost first; each handler may change it (fix its value, scale its
 density, hide it) before the default behaviour samples a value, and sees the result afterwards.
 A handler wraps a callable, `trace(model)(*args)`, or is used as a context manager,
@@ -17,8 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ppl.compiler import Program
-from ppl.primitives import _SCOPES, _STACK, Message, Scope, as_log_weight, generators
+from ppl.runtime import _SCOPES, _STACK, BaseProgram, Message, Scope, as_log_weight, generators
 from ppl.trace import Choice, Trace
 
 
@@ -52,7 +51,7 @@ class Messenger:
                 f"or use it as `with {name}(...):`"
             )
         # a plain-function model gets an address scope of its own, as a program has
-        root = not _SCOPES and not isinstance(self.fn, (Program, Messenger))
+        root = not _SCOPES and not isinstance(self.fn, (BaseProgram, Messenger))
         with self:
             if root:
                 _SCOPES.append(Scope(""))
@@ -177,7 +176,7 @@ class condition(Messenger):
     def __new__(cls, fn: Any = None, data: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         if isinstance(fn, Mapping) and data is None:
             fn, data = None, fn
-        if isinstance(fn, Program):
+        if isinstance(fn, BaseProgram):  # a @program (the compiler sits above this module)
             return fn.conditioned(_check_data(data))
         return super().__new__(cls)
 

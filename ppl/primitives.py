@@ -21,28 +21,11 @@ from typing import Any
 import numpy as np
 
 from ppl.distributions import as_distribution, proposed
+from ppl.handlers import condition as _condition_handler
+from ppl.runtime import _IN_COMPILED, _SCOPES, _STACK, Message, as_log_weight
+from ppl.runtime import Scope as Scope  # re-exported: the run's shared state lived here
+from ppl.runtime import generators as generators
 from ppl.trace import Site, address_of
-
-# The handler stack for direct runs, innermost last.
-_STACK: list[Any] = []
-
-# Set by the inference engine while it executes compiled code. A primitive reached then was
-# called from a plain function that a program called, which the compiler could not see.
-_IN_COMPILED: list[bool] = [False]
-
-
-class Scope:
-    """One direct call of a program: the address prefix of its choices and its line counters."""
-
-    __slots__ = ("prefix", "counts")
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.counts: dict[int, int] = {}
-
-
-# Address scopes of the programs running directly, innermost last.
-_SCOPES: list[Scope] = []
 
 
 def direct_address(name: str | None, depth: int) -> tuple[str, Site]:
@@ -69,17 +52,6 @@ def caller_location(depth: int) -> str:
     """`file:line` of the statement `depth` frames above this call."""
     frame = sys._getframe(depth + 1)
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
-class Message(dict):
-    """A primitive call on its way through the handler stack.
-
-    Keys: `type` ("sample", "observe", "factor"), `name` (the user's name or None), `address`,
-    `site` (the statement),
-    `fn` (the distribution), `value`, `log_weight` (for factor), `scale` (multiplies every log
-    density of the site), `observed` (a sample whose value a handler fixed), `stop`, `infer`
-    (handler notes, such as the random generator).
-    """
 
 
 def _message(
@@ -149,21 +121,6 @@ def parse_args(kind: str, args: tuple, kwargs: dict) -> tuple[str | None, Any, A
             "condition(program, {name: value}) or `with condition({name: value}): ...`"
         )
     return name, obj, None
-
-
-def as_log_weight(value: Any, where: str) -> float:
-    """A float log-weight; NaN is an error, never a silent weight."""
-    try:
-        w = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{where}: the log-weight must be a number, got {type(value).__name__}"
-        ) from None
-    if math.isnan(w):
-        raise ValueError(f"{where}: the log-weight is NaN")
-    if w == math.inf:
-        raise ValueError(f"{where}: the log-weight is +inf")
-    return w
 
 
 def is_traced(value: Any) -> bool:
@@ -237,9 +194,7 @@ def condition(*args: Any, **kwargs: Any) -> Any:
       fixes named choices (see `ppl.handlers.condition`), outside a program.
     """
     if (args and isinstance(args[-1], Mapping)) or "data" in kwargs:
-        from ppl.handlers import condition as condition_handler
-
-        return condition_handler(*args, **kwargs)
+        return _condition_handler(*args, **kwargs)
     name, ok, _ = _parse_direct("condition", args, kwargs)
     where = direct_address(name, 1)
     w = ok if is_traced(ok) else (0.0 if ok else -math.inf)
@@ -268,20 +223,3 @@ PRIMITIVES = {
     condition: "condition",
     twist: "twist",
 }
-
-
-def generators(seed: int | None) -> tuple[int, np.random.Generator, Any]:
-    """The run's seed entropy, NumPy generator and torch generator, all derived from `seed`.
-
-    Inference runs and `ppl.handlers.seed` both use it, so a program run directly under
-    `seed(program, s)` makes the same choices as its first particle under `importance(...,
-    seed=s)`. NumPyro keys are drawn from the NumPy generator.
-    """
-    import torch
-
-    seq = np.random.SeedSequence(seed)
-    np_seq, torch_seq = seq.spawn(2)
-    torch_gen = torch.Generator().manual_seed(
-        int(torch_seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
-    )
-    return seq.entropy, np.random.default_rng(np_seq), torch_gen

@@ -1,8 +1,10 @@
 """Inference algorithms over compiled programs, and the `Posterior` they return."""
 
-from ppl.inference.mcmc import MHKernel, Proposal, Restart, UniformToken, mh, pgibbs, pimh
+from ppl.inference.metropolis import MHKernel, Proposal, Restart, UniformToken, mh
+from ppl.inference.notices import InferenceWarning
+from ppl.inference.particle_mcmc import pgibbs, pimh
 from ppl.inference.posterior import Posterior
-from ppl.inference.smc import InferenceWarning, importance, smc
+from ppl.inference.smc import importance, smc
 from ppl.inference.steer import smc_steer
 
 __all__ = [

@@ -28,7 +28,8 @@ from typing import Any
 from ppl.compiler import Code, Program, Site
 from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken, Token
 from ppl.distributions import Proposed
-from ppl.primitives import _IN_COMPILED, PRIMITIVES, as_log_weight, generators, parse_args
+from ppl.primitives import PRIMITIVES, parse_args
+from ppl.runtime import _IN_COMPILED, as_log_weight, generators
 from ppl.trace import Choice, Trace
 
 # Choices fixed by `condition(program, data)`: (address prefix of that program's call, data).

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ppl.context import Context
-from ppl.inference.posterior import normalise
+from ppl.inference.texts import token_text
+from ppl.inference.weights import normalise
 
 if TYPE_CHECKING:
     from ppl.inference.engine import Particle
@@ -80,8 +81,6 @@ class Recorder:
         self._prompts: dict[str, None] = {}
 
     def step(self, particles: Sequence[Particle], log_weights: np.ndarray) -> None:
-        from ppl.inference.mcmc import token_text
-
         if self.dropped_at is not None:
             return
         texts = [token_text(p.trace, self._text_cache) for p in particles]

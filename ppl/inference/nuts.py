@@ -28,7 +28,8 @@ from ppl.distributions import NumPyro, _to_python
 from ppl.handlers import Messenger, replay, trace
 from ppl.inference.posterior import Posterior
 from ppl.inference.progress import enabled
-from ppl.primitives import Message, generators, is_traced
+from ppl.primitives import is_traced
+from ppl.runtime import Message, generators
 from ppl.trace import Choice, Trace
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ppl.inference.posterior import log_sum_exp
+from ppl.inference.weights import log_sum_exp
 
 if TYPE_CHECKING:
     from ppl.inference.posterior import Posterior

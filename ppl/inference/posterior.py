@@ -1,9 +1,13 @@
-"""`Posterior`: what every inference algorithm returns."""
+"""`Posterior`: what every inference algorithm returns.
+
+Its views are modules of their own, above it: `summary` (text), `plots`, `html` and `serialize`
+(JSON). `Posterior`'s methods import them when called; they take the posterior as they find it
+(its fields) and never import this module, so the imports run one way.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections import Counter
@@ -14,33 +18,9 @@ from typing import Any
 import numpy as np
 
 from ppl.inference.engine import Choice
-
-
-def log_sum_exp(x: np.ndarray) -> float:
-    """log(sum(exp(x))) that is -inf, not NaN, when every entry is -inf."""
-    x = np.asarray(x, dtype=float)
-    if x.size == 0:
-        return -math.inf
-    m = float(np.max(x))
-    if m == -math.inf:
-        return -math.inf
-    return m + math.log(float(np.sum(np.exp(x - m))))
-
-
-def normalise(log_weights: np.ndarray) -> np.ndarray:
-    """Normalised weights; all zero when every weight is zero."""
-    lw = np.asarray(log_weights, dtype=float)
-    total = log_sum_exp(lw)
-    if total == -math.inf:
-        return np.zeros_like(lw)
-    return np.exp(lw - total)
-
-
-def ess_of(log_weights: np.ndarray) -> float:
-    """Effective sample size 1 / sum(w_i^2) of normalised weights (0 if all weights are 0)."""
-    w = normalise(log_weights)
-    s = float(np.sum(w * w))
-    return 1.0 / s if s > 0 else 0.0
+from ppl.inference.weights import ess_of as ess_of
+from ppl.inference.weights import log_sum_exp as log_sum_exp
+from ppl.inference.weights import normalise as normalise
 
 
 @dataclass
@@ -282,7 +262,7 @@ class Posterior:
         """
         from ppl.inference.serialize import posterior_from_dict
 
-        return posterior_from_dict(d, allow_pickle=allow_pickle)
+        return posterior_from_dict(d, cls=Posterior, allow_pickle=allow_pickle)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write `to_dict()` to `path` as indented UTF-8 JSON."""

@@ -36,13 +36,16 @@ import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ppl._version import __version__
 from ppl.context import Context, NextToken, Token
-from ppl.inference.posterior import Posterior
 from ppl.trace import Choice, Site, Trace
+
+if TYPE_CHECKING:  # `Posterior`'s methods import this module: it does not import them back
+    from ppl.inference.posterior import Posterior
 
 FORMAT = "ppl.posterior"
 VERSION = 1
@@ -250,14 +253,12 @@ def posterior_to_dict(post: Posterior) -> dict[str, Any]:
 
     Sites are written once, in a `sites` list, and each choice names its site by index there.
     """
-    import ppl
-
     sites: dict[Site, int] = {}
     traces = [_trace_out(t, sites) for t in post.traces]  # fills `sites`
     return {
         "format": FORMAT,
         "version": VERSION,
-        "ppl_version": ppl.__version__,
+        "ppl_version": __version__,
         "method": post.method,
         "values": [to_jsonable(v) for v in post.values],
         "log_weights": _floats_out(post.log_weights),
@@ -280,12 +281,15 @@ def posterior_to_dict(post: Posterior) -> dict[str, Any]:
     }
 
 
-def posterior_from_dict(d: dict[str, Any], *, allow_pickle: bool = True) -> Posterior:
-    """The `Posterior` that `posterior_to_dict` wrote as `d`.
+def posterior_from_dict(
+    d: dict[str, Any], *, cls: type[Posterior], allow_pickle: bool = True
+) -> Posterior:
+    """The `Posterior` that `posterior_to_dict` wrote as `d`, made as `cls(**fields)`.
 
-    Traces written from a `Trace` come back as a `Trace`, others as a list of `Choice`; sites
-    come back as `Site`s equal to the originals. Raises ValueError when `d` is not a ppl
-    posterior, is of a later format version, or lacks a field.
+    `cls` is the `Posterior` class (`Posterior.from_dict` passes itself: this module does not
+    import it). Traces written from a `Trace` come back as a `Trace`, others as a list of
+    `Choice`; sites come back as `Site`s equal to the originals. Raises ValueError when `d` is
+    not a ppl posterior, is of a later format version, or lacks a field.
     """
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         found = d.get("format") if isinstance(d, dict) else type(d).__name__
@@ -296,23 +300,23 @@ def posterior_from_dict(d: dict[str, Any], *, allow_pickle: bool = True) -> Post
             f"ppl posterior format version {version!r} is newer than this ppl reads ({VERSION}); "
             f"it was written by ppl {d.get('ppl_version')}"
         )
-    missing = [k for k in [f.name for f in fields(Posterior)] + ["sites"] if k not in d]
+    missing = [k for k in [f.name for f in fields(cls)] + ["sites"] if k not in d]
     if missing:
         raise ValueError(f"malformed ppl posterior: missing {', '.join(missing)}")
 
     try:
-        return _posterior_from_dict(d, allow_pickle)
+        return _posterior_from_dict(d, cls, allow_pickle)
     except (KeyError, IndexError, TypeError) as e:
         raise ValueError(f"malformed ppl posterior: {type(e).__name__}: {e}") from e
 
 
-def _posterior_from_dict(d: dict[str, Any], allow_pickle: bool) -> Posterior:
+def _posterior_from_dict(d: dict[str, Any], cls: type[Posterior], allow_pickle: bool) -> Posterior:
     def value(x: Any) -> Any:
         return from_jsonable(x, allow_pickle=allow_pickle)
 
     sites = [Site(s["filename"], int(s["lineno"]), s["function"], s["source"]) for s in d["sites"]]
     z = d["log_evidence"]
-    return Posterior(
+    return cls(
         method=d["method"],
         values=[value(v) for v in d["values"]],
         log_weights=_floats_in(d["log_weights"]),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import Counter
 from typing import Any
 
@@ -37,14 +36,14 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
+from ppl.inference.execution import Execution, Snapshot, is_waiting, settle, untwist
 from ppl.inference.html import recorder_for
-from ppl.inference.mcmc import Execution, MHKernel, Snapshot, is_waiting, settle, untwist
-from ppl.inference.posterior import Posterior, ess_of, log_sum_exp, normalise
+from ppl.inference.metropolis import MHKernel
+from ppl.inference.notices import InferenceWarning as InferenceWarning  # its old home
+from ppl.inference.notices import count, fits, warn
+from ppl.inference.posterior import Posterior
 from ppl.inference.progress import particles_bar, particles_status
-
-
-class InferenceWarning(RuntimeWarning):
-    """A run finished but something about it needs the user's attention."""
+from ppl.inference.weights import ess_of, log_sum_exp, normalise
 
 
 def smc(
@@ -152,8 +151,8 @@ def _run(
     rejuvenation: Any = None,
     record: bool | None = None,
 ) -> Posterior:
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"particles must be a positive integer, got {n!r}")
+    n = count("particles", n)
+    fits(f"{method} with particles={n}", n)
     start = time.perf_counter()
     engine = Engine(program, args, kwargs, seed, errors)
     ps = engine.new_particles(n)
@@ -283,7 +282,6 @@ def _posterior(
     resampled: list[int],
     ancestors: list[np.ndarray],
     start: float,
-    stacklevel: int = 3,
 ) -> Posterior:
     n = len(ps)
     rejected = Counter(str(site) for site in engine.rejections)
@@ -297,13 +295,11 @@ def _posterior(
             + "; ".join(reasons or ["no reason recorded"])
             + ")"
         )
-        warnings.warn(f"{method}: {failure}", InferenceWarning, stacklevel=stacklevel)
+        warn(f"{method}: {failure}")
     elif raised:
-        warnings.warn(
+        warn(
             f"{method}: {sum(raised.values())} particles raised and were dropped: "
-            + "; ".join(raised),
-            InferenceWarning,
-            stacklevel=stacklevel,
+            + "; ".join(raised)
         )
     stats = {
         "particles": n,

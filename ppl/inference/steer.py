@@ -33,10 +33,12 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
+from ppl.inference.execution import is_waiting, settle, untwist
 from ppl.inference.html import recorder_for
-from ppl.inference.mcmc import is_waiting, settle, untwist
-from ppl.inference.posterior import Posterior, ess_of, log_sum_exp, normalise
+from ppl.inference.notices import count, fits
+from ppl.inference.posterior import Posterior
 from ppl.inference.progress import Bar, particles_bar, particles_status
+from ppl.inference.weights import ess_of, log_sum_exp, normalise
 
 
 def extend(engine: Engine, ps: list[Particle], children: int) -> list[Particle]:
@@ -111,10 +113,9 @@ def smc_steer(
     particles, ESS, running log evidence): True shows it, False hides it, None (the default)
     shows it when stderr is a terminal or in a Jupyter notebook.
     """
-    if not isinstance(particles, (int, np.integer)) or particles < 1:
-        raise ValueError(f"particles must be a positive integer, got {particles!r}")
-    if not isinstance(children, (int, np.integer)) or children < 1:
-        raise ValueError(f"children must be a positive integer, got {children!r}")
+    particles = count("particles", particles)
+    children = count("children", children)
+    fits(f"smc_steer with particles={particles} x children={children}", particles * children)
     bar = particles_bar(progress, "smc_steer", int(particles))
     try:
         return _steer(program, args, kwargs, particles, children, seed, errors, record, bar)
@@ -170,7 +171,9 @@ def _steer(
         if recorder is not None:
             recorder.resampled(anc)
         step += 1
-        if not ps:
+        if not ps:  # every child died at this step: its ESS is 0 and its evidence estimate 0
+            ess_steps.append(0.0)
+            log_z_steps.append(-math.inf)
             break
     bar.show(*particles_status(step, ps, ess_steps[-1], n, log_z_steps[-1]))
     lw = np.array([p.log_weight for p in ps]) if ps else np.zeros(0)
@@ -183,9 +186,7 @@ def _steer(
         lw = np.array([-math.inf])
     # Posterior weights are normalised from the log weights; log_weights stay the unnormalised
     # W_i (their sum is the evidence estimate)
-    post = _posterior(
-        "smc_steer", engine, ps, lw, log_z, ess_steps, resampled, ancestors, start, stacklevel=4
-    )
+    post = _posterior("smc_steer", engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
     post.stats["steps"] = step
     post.stats["children"] = int(children)
     post.log_evidence_steps = np.asarray(log_z_steps)

@@ -1,7 +1,8 @@
 """Workloads: one inference method over many inputs (`ppl.map`, `ppl.imap`), on this machine or
 on Ray workers, with a checkpoint file that loses nothing.
 
-* `run`: `map` and `imap`, what an item is, its seed and its result.
+* `run`: `map` and `imap`, and their results.
+* `items`: what an item is: its call, with its seed, and the error it becomes when it raises.
 * `batch`: the shared step: the runs in flight share each batched model call.
 * `checkpoint`: the JSONL file of finished items.
 * `cluster`: Ray workers (the optional extra `ppl-lm[ray]`).

@@ -37,7 +37,7 @@ from typing import Any
 
 from greenlet import greenlet
 
-from ppl import primitives
+from ppl import runtime
 from ppl.context import Context
 from ppl.models.base import SHARED_CALLS, Fed, LanguageModel
 
@@ -180,14 +180,14 @@ _State = tuple[bool, list, list]
 
 
 def _language_state() -> _State:
-    """The language's global state for direct runs (see `ppl.primitives`)."""
-    return primitives._IN_COMPILED[0], list(primitives._STACK), list(primitives._SCOPES)
+    """The language's global state for direct runs (see `ppl.runtime`)."""
+    return runtime._IN_COMPILED[0], list(runtime._STACK), list(runtime._SCOPES)
 
 
 def _set_language_state(state: _State) -> None:
-    primitives._IN_COMPILED[0] = state[0]
-    primitives._STACK[:] = state[1]
-    primitives._SCOPES[:] = state[2]
+    runtime._IN_COMPILED[0] = state[0]
+    runtime._STACK[:] = state[1]
+    runtime._SCOPES[:] = state[2]
 
 
 def _job_body(job: Callable[[], Any], hub: greenlet, outside: _State) -> Callable[[], Outcome]:

@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from ppl.inference.posterior import Posterior
+from ppl.workloads.items import ItemError
 
 FORMAT = "ppl.map/1"
 
@@ -69,8 +70,6 @@ class Checkpoint:
 
     def load(self) -> dict[int, Any]:
         """The items the file holds: index -> Posterior or ItemError (the last line of each)."""
-        from ppl.workloads.run import ItemError
-
         if not os.path.exists(self.path):
             return {}
         with open(self.path, "rb") as f:

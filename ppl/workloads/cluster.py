@@ -29,6 +29,7 @@ from typing import Any
 
 from ppl.compiler import Program
 from ppl.workloads.batch import Outcome, SharedSteps
+from ppl.workloads.items import _item_job
 
 Item = tuple[int, tuple, dict[str, Any]]
 
@@ -167,8 +168,6 @@ class _Worker:
 
     def run(self, items: list[Item]) -> tuple[int, list[tuple[int, Any, Any, Any]]]:
         """This process's id, and each item's (index, Posterior, error, traceback)."""
-        from ppl.workloads.run import _item_job
-
         steps = SharedSteps(rows=self.rows, in_flight=self.in_flight)
         jobs = []
         for i, args, kwargs in items:

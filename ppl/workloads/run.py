@@ -3,8 +3,8 @@
 What it promises, and where each part happens:
 
 * Item `i` is the call `method(program, *args_i, seed=(seed, i), **options, **kwargs_i)`: the
-  same run, choice for choice, as that call made by itself (`_item_job`), whatever the batching
-  or the machine it runs on.
+  same run, choice for choice, as that call made by itself (`ppl.workloads.items`), whatever
+  the batching or the machine it runs on.
 * On one machine the items in flight share every model call (`ppl.workloads.batch`); on Ray the
   items are spread over workers that each do the same (`ppl.workloads.cluster`).
 * With a checkpoint file, every finished item is appended and flushed the moment it finishes, and
@@ -20,31 +20,19 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ppl.compiler import Program
+from ppl.inference.notices import InferenceWarning
 from ppl.inference.posterior import Posterior
 from ppl.inference.progress import enabled
-from ppl.inference.smc import InferenceWarning
 from ppl.models.base import LanguageModel
 from ppl.workloads.batch import Outcome, SharedSteps
 from ppl.workloads.checkpoint import Checkpoint, input_hash
+from ppl.workloads.items import ItemError as ItemError  # re-exported: its old home
+from ppl.workloads.items import _item_job as _item_job
 
 DEFAULT_ROWS = 256
-
-
-@dataclass
-class ItemError:
-    """An item whose run raised: what it was, and the traceback of the run."""
-
-    index: int
-    error: str  # "ValueError: the message"
-    traceback: str
-    input_hash: str = ""
-
-    def __str__(self) -> str:
-        return f"item {self.index}: {self.error}"
 
 
 class Results(list):
@@ -295,26 +283,6 @@ def _imap(
             bar.close()
         if store is not None:
             store.close()
-
-
-def _item_job(
-    method: Callable[..., Posterior],
-    program: Program,
-    args: tuple,
-    kwargs: dict[str, Any],
-    seed: int | None,
-    index: int,
-    options: dict[str, Any],
-) -> Callable[[], Posterior]:
-    """The call that item `index` is: the same as calling it by hand with seed `(seed, index)`."""
-    item_seed = (
-        None if seed is None else (*seed, index) if isinstance(seed, tuple) else (seed, index)
-    )
-
-    def job() -> Posterior:
-        return method(program, *args, seed=item_seed, **options, **kwargs)
-
-    return job
 
 
 def _listed(inputs: Iterable[Any]) -> list[Any]:

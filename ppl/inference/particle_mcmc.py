@@ -1,0 +1,225 @@
+"""Particle MCMC over program traces: particle independent Metropolis-Hastings and particle
+Gibbs, on SMC sweeps that snapshot every particle.
+
+**PIMH** runs an independent SMC sweep as the proposal and accepts it with probability
+min(1, Z'/Z), the ratio of the sweeps' evidence estimates; the stationary law of the kept
+samples is the exact posterior for any number of particles (Andrieu, Doucet & Holenstein 2010).
+**Particle Gibbs** runs conditional SMC: particle 0 follows the current reference execution, the
+other N-1 are resampled from all N at every step (multinomially), and the next reference is
+drawn from the final weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from ppl.compiler import Program
+from ppl.inference.chains import _chain_posterior, _rejections, failed_posterior
+from ppl.inference.engine import Engine, Particle
+from ppl.inference.execution import Execution, Snapshot, is_waiting, settle, untwist
+from ppl.inference.notices import count, fits
+from ppl.inference.posterior import Posterior
+from ppl.inference.progress import chains_bar, chains_status
+from ppl.inference.weights import log_sum_exp, normalise
+
+
+def smc_sweep(
+    engine: Engine, n: int, reference: Execution | None = None
+) -> tuple[list[Execution], np.ndarray, float]:
+    """One SMC sweep that resamples multinomially at every step, snapshotting every particle.
+
+    With a `reference`, it is conditional SMC: particle 0 follows the reference execution and
+    keeps ancestor 0. Returns the final executions, their log weights since the last resampling
+    and the log evidence estimate.
+    """
+    runs = [Execution(p) for p in engine.new_particles(n)]
+    carried = np.zeros(n)  # cumulative log weight at the last resampling
+    ref_states: list[Particle] = []
+    if reference is not None:
+        ref_states = [s.particle for s in reference.history] + [reference.particle]
+        runs[0] = _follow(reference, 0)
+        rest = runs[1:]
+    else:
+        rest = runs
+    engine.advance([r.particle for r in rest])
+    settle([r.particle for r in rest])
+    log_z = 0.0
+    t = 0
+    while True:
+        lw = np.array([r.particle.log_weight for r in runs]) - carried
+        if not any(is_waiting(r.particle) for r in runs):
+            break
+        log_z += log_sum_exp(lw) - math.log(n)
+        if log_z == -math.inf:
+            return runs, lw, log_z  # every particle is dead
+        w = normalise(lw)
+        if reference is not None:
+            idx = np.concatenate([[0], engine.rng.choice(n, size=n - 1, p=w)])
+        else:
+            idx = engine.rng.choice(n, size=n, p=w)
+        cum = np.array([r.particle.log_weight for r in runs])
+        new_runs = []
+        seen: set[int] = set()
+        for i in idx.tolist():
+            r = runs[i]
+            if i in seen:
+                r = Execution(r.particle.fork(), list(r.history), r.step, r.at_snapshot)
+            else:
+                seen.add(i)
+                r = Execution(r.particle, list(r.history), r.step, r.at_snapshot)
+            new_runs.append(r)
+        runs = new_runs
+        carried = cum[idx]
+        t += 1
+        if reference is not None:
+            others = runs[1:]
+            runs[0] = _follow(reference, t, ref_states)
+        else:
+            others = runs
+        # one step for every particle but the reference: snapshot, resolve, run on
+        for r in others:
+            if is_waiting(r.particle):
+                r.history.append(
+                    Snapshot(r.step, r.particle.fork(), r.particle.pending[0] == "sample")
+                )
+        waiting = [r for r in others if is_waiting(r.particle)]
+        engine.resolve([r.particle for r in waiting])
+        for r in waiting:
+            untwist(r.particle)
+            r.step += 1
+        engine.advance([r.particle for r in waiting])
+        settle([r.particle for r in waiting])
+    log_z += log_sum_exp(lw) - math.log(n)
+    return runs, lw, log_z
+
+
+def _follow(reference: Execution, t: int, states: list[Particle] | None = None) -> Execution:
+    """The reference execution as it was after t steps (a fork: it may be resampled from)."""
+    if states is None:
+        states = [s.particle for s in reference.history] + [reference.particle]
+    j = min(t, len(states) - 1)
+    return Execution(states[j].fork(), list(reference.history[:j]), t, at_snapshot=False)
+
+
+def pimh(
+    program: Program,
+    *args: Any,
+    particles: int = 16,
+    steps: int = 20,
+    seed: int | None = None,
+    errors: str = "raise",
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> Posterior:
+    """Particle independent Metropolis-Hastings: SMC sweeps as independent proposals.
+
+    Each step runs an SMC sweep of `particles` particles, draws one execution x' from its final
+    weights and accepts it with probability min(1, Z'/Z), Z' and Z the evidence estimates of
+    the new and the current sweep. `log_evidence` is the log of the mean of all sweeps'
+    estimates, an unbiased estimate of Z.
+
+    `progress` is a progress bar (steps done out of `steps`, with the acceptance rate and the
+    running log evidence estimate): True shows it, False hides it, None (the default) shows it
+    when stderr is a terminal or in a Jupyter notebook.
+    """
+    particles = count("particles", particles)
+    steps = count("steps", steps)
+    fits(f"pimh with particles={particles}", particles)
+    fits(f"pimh with steps={steps} kept states", steps)
+    start = time.perf_counter()
+    engine = Engine(program, args, kwargs, seed, errors)
+    current: Execution | None = None
+    current_log_z = -math.inf
+    sweeps = []
+    kept: list[Execution] = []
+    accepted = 0
+    bar = chains_bar(progress, "pimh", 1, steps)
+    try:
+        for s in range(steps):
+            runs, lw, log_z = smc_sweep(engine, particles)
+            sweeps.append(log_z)
+            if log_z > -math.inf:
+                pick = runs[int(engine.rng.choice(particles, p=normalise(lw)))]
+                if current is None or math.log(engine.rng.random()) < log_z - current_log_z:
+                    current, current_log_z = pick, log_z
+                    accepted += 1
+            if current is not None:
+                kept.append(current)
+            if bar.due() or s == steps - 1:
+                z = log_sum_exp(np.array(sweeps)) - math.log(len(sweeps))
+                bar.show(*chains_status(1, s + 1, steps, accepted / (s + 1), log_z=z))
+    finally:
+        bar.close()
+    if not kept:
+        failure = (
+            f"every one of {steps} SMC sweeps gave zero evidence; rejections: {_rejections(engine)}"
+        )
+        return failed_posterior("pimh", engine, failure, start, -math.inf)
+    log_evidence = log_sum_exp(np.array(sweeps)) - math.log(len(sweeps))
+    return _chain_posterior(
+        "pimh", engine, [kept], np.array([accepted / steps]), start, log_evidence
+    )
+
+
+def pgibbs(
+    program: Program,
+    *args: Any,
+    particles: int = 8,
+    steps: int = 50,
+    seed: int | None = None,
+    errors: str = "raise",
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> Posterior:
+    """Particle Gibbs: conditional SMC sweeps, each keeping the previous sample as reference.
+
+    The first sweep is plain SMC. Each later sweep runs `particles` - 1 fresh particles beside
+    the reference (particle 0, never resampled away) and draws the next reference from the final
+    weights. `acceptance` reports how often the reference changed.
+
+    `progress` is a progress bar (steps done out of `steps`, with how often the reference
+    changed so far): True shows it, False hides it, None (the default) shows it when stderr is
+    a terminal or in a Jupyter notebook.
+    """
+    particles = count("particles", particles, 2)
+    steps = count("steps", steps)
+    fits(f"pgibbs with particles={particles}", particles)
+    fits(f"pgibbs with steps={steps} kept states", steps)
+    start = time.perf_counter()
+    engine = Engine(program, args, kwargs, seed, errors)
+    reference: Execution | None = None
+    kept: list[Execution] = []
+    changed = 0
+    bar = chains_bar(progress, "pgibbs", 1, steps)
+    try:
+        for s in range(steps):
+            if bar.due():
+                rate = changed / max(1, len(kept) - 1)
+                bar.show(*chains_status(1, s, steps, rate))
+            runs, lw, _ = smc_sweep(engine, particles, reference)
+            w = normalise(lw)
+            if w.sum() == 0:
+                if reference is None:
+                    continue  # no execution with positive weight yet
+                raise AssertionError("conditional SMC lost its reference")  # cannot happen
+            k = int(engine.rng.choice(particles, p=w))
+            if reference is not None and k != 0:
+                changed += 1
+            reference = runs[k]
+            kept.append(reference)
+        bar.show(*chains_status(1, steps, steps, changed / max(1, len(kept) - 1)))
+    finally:
+        bar.close()
+    if not kept:
+        failure = (
+            f"none of {steps} SMC sweeps found an execution with positive weight; "
+            f"rejections: {_rejections(engine)}"
+        )
+        return failed_posterior("pgibbs", engine, failure, start, None)
+    return _chain_posterior(
+        "pgibbs", engine, [kept], np.array([changed / max(1, len(kept) - 1)]), start, None
+    )
