@@ -10,16 +10,27 @@ the most keys and values held at once, against what every token fed in the whole
 branches included) would take if each were stored exactly once. At most 1 means the cache holds
 no copies: particles that share a prefix share its memory.
 
-Run: `python benchmarks/kv_memory.py [--particles 64] [--tokens 300] [--seed 0]`.
+Both KV caches of `HFModel` run in the same process on the same weights, each run on a fresh
+model (an empty cache): "batch" (a tensor per forward pass with every row's whole sequence) and
+"paged" (shared blocks of token slots). Printed for each: peak in use, peak reserved (what the
+cache allocated, free room included), stored once, the ratio of the peak in use to it, the
+ratio of the peak reserved to it, and milliseconds per SMC step. The runs of one N and T use
+one seed, so they draw the same tokens and do the same work, unless rounding differences between
+the caches' batch layouts tip a draw: the script says when their final particles differ.
+
+Run: `python benchmarks/kv_memory.py [--particles 64] [--tokens 100 300] [--seed 0]
+[--kv-cache batch paged] [--kv-block 16]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import ppl
 from ppl import condition, program, sample
+from ppl.models import HFModel
 
 
 def letters(word: str) -> int:
@@ -52,9 +63,12 @@ def measure(lm, n: int, t: int, seed: int) -> dict:
         "steps": post.stats["steps"],
         "tokens_fed": lm.tokens_fed,
         "kv_peak_mb": lm.kv_peak_bytes / 2**20,
+        "kv_reserved_mb": lm.kv_reserved_peak_bytes / 2**20,
         "stored_once_mb": stored_once / 2**20,
         "ratio": lm.kv_peak_bytes / stored_once,
+        "reserved_ratio": lm.kv_reserved_peak_bytes / stored_once,
         "ms_per_step": 1000 * seconds / max(post.stats["steps"], 1),
+        "values": list(post.values),
     }
 
 
@@ -63,21 +77,38 @@ def main() -> None:
     parser.add_argument("--particles", type=int, nargs="+", default=[64])
     parser.add_argument("--tokens", type=int, nargs="+", default=[100, 300])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kv-cache", nargs="+", default=["batch", "paged"])
+    parser.add_argument("--kv-block", type=int, default=16)
     args = parser.parse_args()
-    lm = ppl.models.load()
-    print(f"embedded model: {lm.kv_bytes_per_token} bytes of keys and values per token")
+    loaded = ppl.models.load()
     print(
-        f"{'N':>4} {'T':>5} {'resampled':>10} {'tokens fed':>11} {'peak KV MB':>11} "
-        f"{'stored once MB':>15} {'ratio':>6} {'ms/step':>8}"
+        f"embedded model: {loaded.kv_bytes_per_token} bytes of keys and values per token; "
+        f"paged blocks of {args.kv_block} tokens"
+    )
+    print(
+        f"{'cache':>6} {'N':>4} {'T':>5} {'resampled':>10} {'tokens fed':>11} "
+        f"{'peak MB':>9} {'reserved MB':>12} {'once MB':>8} {'ratio':>6} {'reserved':>9} "
+        f"{'ms/step':>8}"
     )
     for n in args.particles:
         for t in args.tokens:
-            r = measure(lm, n, t, args.seed)
-            print(
-                f"{n:>4} {t:>5} {r['resampled']:>6}/{r['steps']:<3} {r['tokens_fed']:>11} "
-                f"{r['kv_peak_mb']:>11.1f} {r['stored_once_mb']:>15.1f} {r['ratio']:>6.2f} "
-                f"{r['ms_per_step']:>8.0f}"
-            )
+            results = {}
+            for kv_cache in args.kv_cache:
+                lm = HFModel(
+                    loaded.model, loaded.tokenizer, kv_cache=kv_cache, kv_block=args.kv_block
+                )
+                r = results[kv_cache] = measure(lm, n, t, args.seed)
+                del lm
+                gc.collect()
+                print(
+                    f"{kv_cache:>6} {n:>4} {t:>5} {r['resampled']:>6}/{r['steps']:<3} "
+                    f"{r['tokens_fed']:>11} {r['kv_peak_mb']:>9.1f} {r['kv_reserved_mb']:>12.1f} "
+                    f"{r['stored_once_mb']:>8.1f} {r['ratio']:>6.2f} {r['reserved_ratio']:>9.2f} "
+                    f"{r['ms_per_step']:>8.0f}",
+                    flush=True,
+                )
+            if len({tuple(r["values"]) for r in results.values()}) > 1:
+                print("  (the caches ended with different particles: the runs did different work)")
 
 
 if __name__ == "__main__":

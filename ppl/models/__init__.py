@@ -52,7 +52,12 @@ def __getattr__(name: str) -> Any:
 def _load_embedded(model_spec: ModelSpec) -> LanguageModel:
     from ppl.models.default import load
 
-    return load(device=model_spec.device, dtype=model_spec.dtype)
+    return load(
+        device=model_spec.device,
+        dtype=model_spec.dtype,
+        kv_cache=model_spec.kv_cache,
+        kv_block=model_spec.kv_block,
+    )
 
 
 def _load_hf(model_spec: ModelSpec) -> LanguageModel:
@@ -63,6 +68,8 @@ def _load_hf(model_spec: ModelSpec) -> LanguageModel:
         model_spec.name_or_path,
         device=model_spec.device,
         dtype=model_spec.dtype,
+        kv_cache=model_spec.kv_cache,
+        kv_block=model_spec.kv_block,
         **dict(model_spec.options),
     )
 

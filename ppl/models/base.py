@@ -121,7 +121,8 @@ class LanguageModel(ABC):
     * `forward_calls`: batched calls made.
     * `kv_peak_bytes`: the most bytes of keys and values held at once (after a forward pass)
       since the last reset; `kv_bytes` is what is held now (both 0 for models without a
-      cache).
+      cache). `kv_reserved_bytes` and `kv_reserved_peak_bytes`: the same for the memory
+      allocated to hold them (a cache may keep free room for reuse).
     """
 
     #: byte string of every token id; `len(token_bytes)` is the vocabulary size
@@ -338,6 +339,7 @@ class LanguageModel(ABC):
         self.tokens_fed = 0
         self.forward_calls = 0
         self._kv_peak = self.kv_bytes
+        self._kv_reserved_peak = self.kv_reserved_bytes
 
     @property
     def kv_bytes(self) -> int:
@@ -350,9 +352,22 @@ class LanguageModel(ABC):
         """The most `kv_bytes` seen after a forward pass since the last `reset_counters()`."""
         return max(getattr(self, "_kv_peak", 0), self.kv_bytes)
 
+    @property
+    def kv_reserved_bytes(self) -> int:
+        """Bytes allocated for keys and values, in use or kept free for reuse (by default
+        `kv_bytes`: a cache that allocates exactly what it holds)."""
+        return self.kv_bytes
+
+    @property
+    def kv_reserved_peak_bytes(self) -> int:
+        """The most `kv_reserved_bytes` seen after a forward pass since the last reset."""
+        return max(getattr(self, "_kv_reserved_peak", 0), self.kv_reserved_bytes)
+
     def _note_kv(self) -> None:
-        """Backends with a cache call this after each forward pass to keep `kv_peak_bytes`."""
+        """Backends with a cache call this after each forward pass to keep `kv_peak_bytes` and
+        `kv_reserved_peak_bytes`."""
         self._kv_peak = max(getattr(self, "_kv_peak", 0), self.kv_bytes)
+        self._kv_reserved_peak = max(getattr(self, "_kv_reserved_peak", 0), self.kv_reserved_bytes)
 
     def __deepcopy__(self, memo: dict) -> LanguageModel:
         return self  # models are shared, never copied, when a particle forks

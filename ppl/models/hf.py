@@ -3,36 +3,81 @@
 >>> lm = HFModel.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
 >>> ctx = lm.context(lm.chat("Name a colour."))  # doctest: +SKIP
 
-States and the KV cache
------------------------
-Every `_extend` call is one forward pass over a batch of rows, one row per sequence. Its output
-is a `_KVGroup`: the per-layer key/value tensors of the whole batch (`[rows, heads, keys, dim]`),
-a per-row validity mask over key positions and each row's next position id. A state is a
-`_KVState(group, row)`. Extending states gathers their rows into the input cache of the next
-forward, so the model only ever sees the new tokens of each row.
+Forward passes
+--------------
+Every `_extend` call is one forward pass over a batch of rows, one row per sequence, fed only
+each row's new tokens; the keys and values of what came before come from the cache. Rows of one
+batch can have different lengths: each row's past is left-padded to the longest past (`past`),
+new tokens are right-padded to the longest row (`width`), the padding is masked out with the 2D
+attention mask, and explicit position ids keep every real token at its true position. When
+every row has `past` real tokens and `width` new ones, no mask is needed and the model numbers
+the positions itself (the common step of a run: one new token per row).
 
-Rows of one batch can have different lengths: caches from different groups are left-padded to a
-common number of keys, new tokens are right-padded, and the padding is masked out with the 2D
-attention mask, while explicit position ids keep every real token at its true position. The
-padded slots stay in the new group's tensors (masked) rather than being compacted away.
+Two caches do this (`HFModel(..., kv_cache=...)`); both give the same log-probabilities.
 
-A group lives exactly as long as some state refers to it: no registry holds groups, and a group
-holds no reference to the groups it was built from (its tensors are fresh copies made by the
-forward's concatenation of past and new keys).
+The paged cache ("paged", the default)
+--------------------------------------
+Keys and values live in a `_BlockPool`: per layer, one keys tensor and one values tensor of
+token slots, `[capacity, kv_heads, head_dim]`, cut into blocks of `kv_block` slots (16 by
+default). A state (`_PagedState`) is a block table and a length: position `p` is slot
+`blocks[p // block] * block + p % block`. Each block has a reference count (one per state whose
+table names it); a state gives its references back when it dies, and a block with none goes to
+the free list and is reused. Block 0 is never handed out: it stays zero, and padding reads it.
+
+Extending a parent for a child shares the parent's blocks: its full blocks always (a reference
+each), and its last, partial block copy-on-write. The parent may be extended again (particles
+drawing different tokens from one context, MCMC going back to a snapshot), so the slots after
+its end belong to whichever child claims them first: that child appends in place, and every
+later child gets its own copy of the parent's part of the block (one block at most per child,
+whatever the prefix). Every token is therefore stored once per distinct prefix, plus at most one
+partly filled block per sequence tail. New tokens get new blocks as needed.
+
+A forward pass hands the model a `DynamicCache` whose layers (`_PagedLayer`) report `past`
+cached positions and, in `update`, write each row's real new keys/values into their slots in
+place (`index_copy_`), then return the keys/values to attend to, `[rows, kv_heads, past +
+width, head_dim]`, gathered from the pool by one `index_select` per layer with an index built
+once per forward pass (`_PagedPlan`); padding positions point at the zero slot, so the layout
+and the masks are those of a dense left-padded cache. The gathered tensors are transient:
+nothing grows by concatenation, and what a forward pass leaves behind is the new tokens' slots.
+The partial-block copies of a forward pass are one `index_copy_` per layer for keys and one for
+values.
+
+The pool grows (new tensors, the old ones copied in once) only when no block is free; it does
+not shrink: its free blocks are kept for the next contexts. `lm.kv_bytes` counts the blocks in
+use, `lm.kv_reserved_bytes` the pool's capacity. Forward passes over one pool take its lock;
+dying states only append their block tables to a queue, which the next forward pass (or
+`kv_bytes`) applies, so a state may die anywhere: in a garbage collection during a forward
+pass, after its model is gone, or at interpreter shutdown. The paged cache needs transformers'
+cache layers (4.56 and later); with older releases the model uses the batch cache.
+
+The batch cache ("batch")
+-------------------------
+Each forward pass's output is a `_KVGroup`: the per-layer key/value tensors of the whole batch
+(`[rows, heads, keys, dim]`), a per-row validity mask over key positions and each row's next
+position id. A state is a `_KVState(group, row)`. Extending states gathers their rows into the
+input cache of the next forward pass (caches from different groups left-padded to a common
+number of keys); the padded slots stay in the new group's tensors (masked) rather than being
+compacted away. A group lives exactly as long as some state refers to it: no registry holds
+groups, and a group holds no reference to the groups it was built from (its tensors are fresh
+copies made by the forward's concatenation of past and new keys). Every row holds its whole
+sequence, so memory grows as rows x length even where rows share a prefix.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from ppl.models.base import LanguageModel
-from ppl.models.spec import ModelSpec, _build_spec, is_plain, register
+from ppl.models.spec import KV_BLOCK, KV_CACHES, ModelSpec, _build_spec, is_plain, register
 from ppl.models.spec import resolve_device as resolve_device  # its old home
 from ppl.models.spec import resolve_dtype as resolve_dtype
 
@@ -167,6 +212,213 @@ class _KVState:
         return f"<HFModel state: {self.group.next_pos[self.row]} tokens>"
 
 
+# -- the paged cache: shared blocks of token slots -----------------------------------------------
+
+
+class _BlockPool:
+    """Keys and values of every layer in blocks of `block` token slots, shared by reference.
+
+    Per layer, `keys[layer]` and `values[layer]` are `[capacity * block, kv_heads, head_dim]`
+    (slot-major: a token's keys for all heads are one contiguous row). Slot `b * block + j` is
+    position `j` of block `b`. Block 0 is never handed out: it stays all zeros and its slot 0 is
+    what padding positions gather.
+
+    The allocator lives on the Python side: `refs[b]` counts the sequence states whose block
+    table names block `b`, `fill[b]` how many of its slots have been claimed (written or about
+    to be), `free` lists the blocks with no reference. Block ids are allocated before the
+    tensors exist or have grown: `ensure` grows a layer's tensors to the capacity at the first
+    write of a forward pass (new tensors, the old ones copied in once). The capacity grows by
+    half (at least 16 blocks) when no block is free, so what is reserved stays within about 1.5
+    times the most ever in use, and each slot is copied about three times over a pool's life.
+
+    A dying state hands its block table to `released` (a deque: appending is atomic and takes
+    no lock, so it is safe from `__del__` at any point, during a forward pass or at interpreter
+    shutdown); `drain` applies the releases under `lock` before blocks are counted or handed
+    out.
+    """
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.keys: list[torch.Tensor | None] = []
+        self.values: list[torch.Tensor | None] = []
+        self.capacity = 1  # blocks, block 0 included
+        self.refs: list[int] = [1]  # block 0 is held for ever
+        self.fill: list[int] = [block]
+        self.free: list[int] = []
+        self.used = 0  # blocks with a reference, block 0 not counted
+        self.slot_bytes = 0  # bytes of one token slot across all layers, keys and values
+        self.released: deque[list[int]] = deque()
+        self.lock = threading.RLock()
+
+    # -- allocation (under `lock`) ----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Drop the references of the states that died since the last call."""
+        refs, free, released = self.refs, self.free, self.released
+        while released:
+            for b in released.popleft():
+                r = refs[b] - 1
+                if r < 0:
+                    raise RuntimeError(f"HFModel KV cache: block {b} released more than held")
+                refs[b] = r
+                if r == 0:
+                    free.append(b)
+                    self.used -= 1
+
+    def allocate(self, fill: int) -> int:
+        """A block with one reference whose first `fill` slots are claimed."""
+        if not self.free:  # grow by half: reserved room stays within 1.5x the peak in use
+            grown = max(16, self.capacity // 2)
+            self.refs.extend([0] * grown)
+            self.fill.extend([0] * grown)
+            self.free.extend(range(self.capacity + grown - 1, self.capacity - 1, -1))
+            self.capacity += grown
+        b = self.free.pop()
+        self.refs[b] = 1
+        self.fill[b] = fill
+        self.used += 1
+        return b
+
+    # -- tensors -----------------------------------------------------------------------------------
+
+    def ensure(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Make `layer`'s tensors hold `capacity` blocks, shaped after the new `keys`/`values`
+        (`[rows, kv_heads, width, head_dim]`)."""
+        while len(self.keys) <= layer:
+            self.keys.append(None)
+            self.values.append(None)
+        slots = self.capacity * self.block
+        old_k, old_v = self.keys[layer], self.values[layer]
+        if old_k is not None and old_k.shape[0] >= slots:
+            return
+        k = keys.new_empty(slots, keys.shape[1], keys.shape[3])
+        v = values.new_empty(slots, values.shape[1], values.shape[3])
+        if old_k is None or old_v is None:
+            k[: self.block].zero_()
+            v[: self.block].zero_()
+            self.slot_bytes += (k[0].numel() * k.element_size()) + (v[0].numel() * v.element_size())
+        else:
+            k[: old_k.shape[0]].copy_(old_k)
+            v[: old_v.shape[0]].copy_(old_v)
+        self.keys[layer], self.values[layer] = k, v
+
+    @property
+    def used_bytes(self) -> int:
+        return self.used * self.block * self.slot_bytes
+
+    @property
+    def reserved_bytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None
+        )
+
+
+class _PagedState:
+    """One sequence in a `_BlockPool`: its block table and its length in tokens.
+
+    Position `p` of the sequence is slot `blocks[p // block] * block + p % block`. The state
+    holds one reference on each of its blocks and gives them back when it dies.
+    """
+
+    __slots__ = ("pool", "blocks", "length")
+
+    def __init__(self, pool: _BlockPool, blocks: list[int], length: int) -> None:
+        self.pool = pool
+        self.blocks = blocks
+        self.length = length
+
+    def __del__(self) -> None:
+        try:
+            self.pool.released.append(self.blocks)
+        except Exception:  # pragma: no cover - a half-built state or interpreter teardown
+            pass
+
+    def __repr__(self) -> str:
+        return f"<HFModel state: {self.length} tokens>"
+
+
+class _PagedPlan:
+    """What one forward pass does with the pool: index tensors built once, on the device.
+
+    * `copy_src` -> `copy_dst`: partial blocks copied for children that cannot append to their
+      parent's last block in place (None when there are none),
+    * `write`: the slot of every real new token, in the order of `real` (the positions of the
+      real tokens in the flattened `[rows * width]` new keys; None when all are real),
+    * `gather`: `[rows * (past + width)]` slots, each row's keys left-padded to `past` and its
+      new tokens right-padded to `width`, padding pointing at the zero slot.
+    """
+
+    __slots__ = ("pool", "rows", "past", "width", "gather", "write", "real", "copy_src", "copy_dst")
+
+    def __init__(self, pool: _BlockPool, rows: int, past: int, width: int) -> None:
+        self.pool = pool
+        self.rows, self.past, self.width = rows, past, width
+        self.gather: torch.Tensor
+        self.write: torch.Tensor
+        self.real: torch.Tensor | None = None
+        self.copy_src: torch.Tensor | None = None
+        self.copy_dst: torch.Tensor | None = None
+
+    def update(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new `keys`/`values` (`[rows, kv_heads, width, head_dim]`) of `layer` in
+        the pool and return the keys/values to attend to, `[rows, kv_heads, past + width, dim]`."""
+        pool = self.pool
+        pool.ensure(layer, keys, values)
+        out = []
+        for new, store in ((keys, pool.keys[layer]), (values, pool.values[layer])):
+            assert store is not None
+            if self.copy_src is not None:
+                store.index_copy_(0, self.copy_dst, store.index_select(0, self.copy_src))
+            rows, heads, width, dim = new.shape
+            flat = new.transpose(1, 2).reshape(rows * width, heads, dim)
+            if self.real is not None:
+                flat = flat.index_select(0, self.real)
+            store.index_copy_(0, self.write, flat)
+            full = store.index_select(0, self.gather).view(rows, self.past + width, heads, dim)
+            out.append(full.transpose(1, 2))
+        return out[0], out[1]
+
+
+@functools.cache
+def _paged_layer_class() -> type:
+    """`DynamicLayer` for a forward pass over the pool (built on first use: transformers is
+    imported lazily, and only releases with cache layers, >= 4.56, have the class)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class _PagedLayer(DynamicLayer):
+        """A cache layer that reads and writes one layer of a `_BlockPool` through a plan.
+
+        It reports `past` cached positions (the rows' common, left-padded past), so the model
+        numbers positions and sizes masks exactly as for a dense cache of that length.
+        """
+
+        def __init__(self, plan: _PagedPlan, layer: int) -> None:
+            super().__init__()
+            self.plan = plan
+            self.layer = layer
+            self.is_initialized = True  # nothing to set up: the pool holds the tensors
+
+        def lazy_initialization(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.plan.update(self.layer, key_states, value_states)
+
+        def get_seq_length(self, *args: Any) -> int:
+            return self.plan.past
+
+        def get_mask_sizes(self, query: int | torch.Tensor, *args: Any) -> tuple[int, int]:
+            # the query length (releases before 5.x pass the query's cache positions instead)
+            length = query if isinstance(query, int) else int(query.shape[0])
+            return self.plan.past + length, 0
+
+    return _PagedLayer
+
+
 # -- transformers cache objects ------------------------------------------------------------------
 
 
@@ -237,16 +489,35 @@ class HFModel(LanguageModel):
     else from the tokenizer's `model_max_length`; a longer prompt or context raises
     `ContextWindowError` before its forward pass. Set `lm.max_length` to change it, or to None
     to turn the check off.
+
+    `kv_cache` picks how keys and values are kept (see the module docstring): "paged" (the
+    default) stores each token once in shared blocks of `kv_block` token slots, so contexts
+    that share a prefix share its memory; "batch" keeps the cache of each forward pass as one
+    tensor per layer with every row's whole sequence. Both give the same log-probabilities.
     """
 
     #: how to build this model again in another process (`ppl.models.spec`), if known
     spec: ModelSpec | None = None
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, kv_cache: str = KV_CACHES[0], kv_block: int = KV_BLOCK
+    ) -> None:
         super().__init__()
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"unknown kv_cache {kv_cache!r}: use one of {', '.join(KV_CACHES)}")
+        if isinstance(kv_block, bool) or not isinstance(kv_block, int) or kv_block < 1:
+            raise ValueError(f"kv_block must be a positive number of tokens, got {kv_block!r}")
         self._groups: weakref.WeakSet[_KVGroup] = weakref.WeakSet()  # batches still in use
         from transformers import DynamicCache
 
+        # the paged cache needs transformers' cache layers (4.56 and later)
+        if kv_cache == "paged" and not hasattr(DynamicCache(), "layers"):
+            kv_cache = "batch"
+        #: "paged" or "batch": how this model keeps keys and values
+        self.kv_cache = kv_cache
+        #: token slots per block of the paged cache
+        self.kv_block = kv_block
+        self._pool = _BlockPool(kv_block) if kv_cache == "paged" else None
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._cache_cls = DynamicCache
@@ -285,6 +556,7 @@ class HFModel(LanguageModel):
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._pad_id = 0  # fed in the right-padding of shorter rows; masked, so any id will do
         self.max_length, self.max_length_source = _context_window(text_config, tokenizer)
+        self._num_layers = text_config.num_hidden_layers
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -296,6 +568,8 @@ class HFModel(LanguageModel):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         gguf_file: str | None = None,
+        kv_cache: str = KV_CACHES[0],
+        kv_block: int = KV_BLOCK,
         **kwargs: Any,
     ) -> HFModel:
         """Load a causal LM and its tokenizer with transformers.
@@ -306,6 +580,8 @@ class HFModel(LanguageModel):
             dtype: a torch dtype or its name (default: float32 on the CPU, bfloat16 on CUDA where
                 supported).
             gguf_file: a GGUF file in `name_or_path` to load model and tokenizer from.
+            kv_cache: how keys and values are kept, "paged" or "batch" (see `HFModel`).
+            kv_block: token slots per block of the paged cache.
             kwargs: passed to `AutoModelForCausalLM.from_pretrained`; the Hub options among them
                 (revision, token, cache_dir, ...) to the tokenizer too.
 
@@ -340,9 +616,14 @@ class HFModel(LanguageModel):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
-        lm = cls(model, tokenizer)
+        lm = cls(model, tokenizer, kv_cache=kv_cache, kv_block=kv_block)
         if all(is_plain(v) for v in options.values()):
-            register(lm, ModelSpec("hf", name_or_path, dtype, device, options))
+            register(
+                lm,
+                ModelSpec(
+                    "hf", name_or_path, dtype, device, options, kv_cache=kv_cache, kv_block=kv_block
+                ),
+            )
         return lm
 
     # -- the protocol ----------------------------------------------------------------------------
@@ -396,7 +677,6 @@ class HFModel(LanguageModel):
         self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool] | None
     ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
         """One forward pass over the rows; the scored rows keep the logits of every position."""
-        n = len(parents)
         lens = [len(t) for t in new_tokens]
         if min(lens) == 0:
             raise ValueError("HFModel._extend: every sequence needs at least one new token")
@@ -404,6 +684,17 @@ class HFModel(LanguageModel):
         lowest, highest = min(map(min, new_tokens)), max(map(max, new_tokens))
         if lowest < 0 or highest >= self.vocab_size:
             raise ValueError(f"HFModel._extend: a token id is outside 0..{self.vocab_size - 1}")
+        if self._pool is None:
+            return self._forward_batch(parents, new_tokens, score)
+        with self._pool.lock:  # one forward pass at a time writes to the pool
+            return self._forward_paged(parents, new_tokens, score)
+
+    def _forward_batch(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool] | None
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        """`_forward` with the "batch" cache: the output is a new `_KVGroup`."""
+        n = len(parents)
+        lens = [len(t) for t in new_tokens]
         width = max(lens)
         device = self.device
 
@@ -437,51 +728,9 @@ class HFModel(LanguageModel):
         with torch.inference_mode():
             keys, values, past_mask = self._gather(groups, n, past, dense, device)
             cache = _cache_from_tensors(self._cache_cls, keys, values)
-            ids = torch.tensor(
-                [t + [self._pad_id] * (width - len(t)) for t in new_tokens],
-                dtype=torch.long,
-                device=device,
+            out, logprobs, scores, mask = self._run(
+                new_tokens, cache, past_mask, starts, dense, score
             )
-            kwargs: dict[str, Any] = {}
-            mask = None
-            if not dense:
-                new_mask = torch.arange(width, device=device) < torch.tensor(
-                    lens, device=device
-                ).unsqueeze(1)
-                mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], 1)
-                kwargs["attention_mask"] = mask.long()
-                start = torch.tensor(starts, device=device).unsqueeze(1)
-                kwargs["position_ids"] = start + torch.arange(width, device=device)
-            # logits at each row's last real token only
-            last = [n_ - 1 for n_ in lens]
-            keep = sorted(set(last))  # positions whose logits are kept, in order
-            scoring = score is not None and any(score)
-            if self._keep_arg is None or scoring:
-                keep = list(range(width))
-            elif keep == [width - 1]:
-                kwargs[self._keep_arg] = 1
-            elif self._keep_arg == "logits_to_keep":
-                kwargs[self._keep_arg] = torch.tensor(keep, device=device)
-            else:  # `num_logits_to_keep` takes a count of trailing positions only
-                keep = list(range(keep[0], width))
-                kwargs[self._keep_arg] = len(keep)
-            kwargs[self._cache_arg] = cache
-            out = self.model(input_ids=ids, use_cache=True, **kwargs)
-            logits = out.logits  # [n, len(keep), vocab]
-            scores: list[torch.Tensor | None] = [None] * n
-            if scoring:  # every position kept: each fed token's log-probability
-                for i in range(n):
-                    if score[i] and lens[i] > 1:
-                        lp = torch.log_softmax(logits[i, : lens[i] - 1].float(), dim=-1)
-                        nxt = torch.tensor(new_tokens[i][1:], device=device).unsqueeze(1)
-                        scores[i] = lp.gather(1, nxt)[:, 0].cpu()
-            if len(keep) == 1:
-                logits = logits[:, 0]
-            else:
-                column = {p: j for j, p in enumerate(keep)}
-                pick = torch.tensor([column[p] for p in last], device=device)
-                logits = logits[torch.arange(n, device=device), pick]
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             out_cache = getattr(out, "cache", None)
             if out_cache is None:
                 out_cache = out.past_key_values
@@ -494,13 +743,208 @@ class HFModel(LanguageModel):
         self._note_kv()
         return [_KVState(group, i) for i in range(n)], logprobs, scores
 
+    def _forward_paged(
+        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool] | None
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        """`_forward` with the "paged" cache (called holding the pool's lock)."""
+        pool = self._pool
+        assert pool is not None
+        lens = [len(t) for t in new_tokens]
+        width = max(lens)
+        device = self.device
+        pool.drain()  # blocks of states that died are free again before any is handed out
+        starts: list[int] = []  # each row's past length: the position id of its first new token
+        for parent in parents:
+            if parent is None:
+                starts.append(0)
+            elif type(parent) is _PagedState and parent.pool is pool:
+                starts.append(parent.length)
+            else:
+                raise TypeError(f"not a state of this HFModel: {parent!r}")
+        past = max(starts)
+        # no padding: every row has `past` tokens and gets `width` new ones
+        dense = all(s == past for s in starts) and all(m == width for m in lens)
+
+        states, plan = self._plan(parents, starts, lens, past, width, dense, device)
+        with torch.inference_mode():
+            cache = self._cache_cls()
+            layer_cls = _paged_layer_class()
+            cache.layers.extend(layer_cls(plan, i) for i in range(self._num_layers))
+            past_mask = None
+            if not dense:
+                past_mask = torch.arange(past) >= (past - torch.tensor(starts)).unsqueeze(1)
+                past_mask = past_mask.to(device)
+            out, logprobs, scores, _ = self._run(new_tokens, cache, past_mask, starts, dense, score)
+        del out, cache, plan
+        self._note_kv()
+        return states, logprobs, scores
+
+    def _plan(
+        self,
+        parents: list[Any],
+        starts: list[int],
+        lens: list[int],
+        past: int,
+        width: int,
+        dense: bool,
+        device: torch.device,
+    ) -> tuple[list[_PagedState], _PagedPlan]:
+        """The children's states (their blocks allocated) and the plan of the forward pass.
+
+        A child shares its parent's blocks. The parent's last block, when partial, is shared
+        too if no other child has claimed the slots after the parent's end (the child appends
+        in place); otherwise the child gets a copy of it (copy on write).
+        """
+        pool = self._pool
+        assert pool is not None
+        size = pool.block
+        refs, fill = pool.refs, pool.fill  # lists that the allocator extends in place
+        states: list[_PagedState] = []
+        copy_src: list[int] = []
+        copy_dst: list[int] = []
+        for parent, start, m in zip(parents, starts, lens, strict=True):
+            end = start + m
+            if parent is None:
+                table: list[int] = []
+            else:
+                table = parent.blocks.copy()
+                for b in table:
+                    refs[b] += 1
+                k = start % size  # tokens of the parent in its last block, if partial
+                if k:
+                    last = table[-1]
+                    if fill[last] == k:  # the slots after the parent's end are free: append
+                        fill[last] = min(size, end - start + k)
+                    else:  # another child claimed them: copy the parent's part of the block
+                        refs[last] -= 1  # the parent keeps its own reference
+                        table[-1] = pool.allocate(min(size, end - start + k))
+                        copy_src.extend(range(last * size, last * size + k))
+                        copy_dst.extend(range(table[-1] * size, table[-1] * size + k))
+            while len(table) * size < end:
+                table.append(pool.allocate(min(size, end - len(table) * size)))
+            states.append(_PagedState(pool, table, end))
+
+        # slot of every key position of the attention input: row i holds `past - starts[i]`
+        # left-padding positions, its `starts[i] + lens[i]` tokens, then right-padding
+        blocks = max(len(s.blocks) for s in states)
+        tables = torch.tensor([s.blocks + [0] * (blocks - len(s.blocks)) for s in states])
+        first = torch.tensor([past - s for s in starts]).unsqueeze(1)  # column of position 0
+        ends = torch.tensor([s + m for s, m in zip(starts, lens, strict=True)]).unsqueeze(1)
+        pos = torch.arange(past + width).unsqueeze(0) - first
+        real = (pos >= 0) & (pos < ends)
+        pos = pos.clamp(0, blocks * size - 1)
+        slots = torch.where(real, tables.gather(1, pos // size) * size + pos % size, 0)
+        gather = slots.reshape(-1)
+        write = slots[:, past:].reshape(-1)  # the new tokens' slots (padding: 0)
+        parts = [gather]
+        real_new = None
+        if not dense:  # only the real new tokens are written
+            real_new = real[:, past:].reshape(-1).nonzero()[:, 0]
+            write = write[real_new]
+            parts.append(real_new)
+        parts.append(write)
+        if copy_src:
+            parts += [torch.tensor(copy_src), torch.tensor(copy_dst)]
+        # one transfer to the device for all index tensors
+        pieces = torch.cat(parts).to(device).split([len(t) for t in parts])
+        plan = _PagedPlan(pool, len(states), past, width)
+        plan.gather = pieces[0]
+        if real_new is not None:
+            plan.real = pieces[1]
+        plan.write = pieces[2 if real_new is not None else 1]
+        if copy_src:
+            plan.copy_src, plan.copy_dst = pieces[-2], pieces[-1]
+        return states, plan
+
+    def _run(
+        self,
+        new_tokens: list[list[int]],
+        cache: Any,
+        past_mask: torch.Tensor | None,
+        starts: list[int],
+        dense: bool,
+        score: Sequence[bool] | None,
+    ) -> tuple[Any, torch.Tensor, list[torch.Tensor | None], torch.Tensor | None]:
+        """Run the model on the new tokens after `cache` (in inference mode).
+
+        Returns its output, the next-token log-probabilities, the scores of the scored rows
+        and the key mask used (None when `dense`).
+        """
+        n = len(new_tokens)
+        lens = [len(t) for t in new_tokens]
+        width = max(lens)
+        device = self.device
+        ids = torch.tensor(
+            [t + [self._pad_id] * (width - len(t)) for t in new_tokens],
+            dtype=torch.long,
+            device=device,
+        )
+        kwargs: dict[str, Any] = {}
+        mask = None
+        if not dense:
+            new_mask = torch.arange(width, device=device) < torch.tensor(
+                lens, device=device
+            ).unsqueeze(1)
+            mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], 1)
+            kwargs["attention_mask"] = mask.long()
+            start = torch.tensor(starts, device=device).unsqueeze(1)
+            kwargs["position_ids"] = start + torch.arange(width, device=device)
+        # logits at each row's last real token only
+        last = [n_ - 1 for n_ in lens]
+        keep = sorted(set(last))  # positions whose logits are kept, in order
+        scoring = score is not None and any(score)
+        if self._keep_arg is None or scoring:
+            keep = list(range(width))
+        elif keep == [width - 1]:
+            kwargs[self._keep_arg] = 1
+        elif self._keep_arg == "logits_to_keep":
+            kwargs[self._keep_arg] = torch.tensor(keep, device=device)
+        else:  # `num_logits_to_keep` takes a count of trailing positions only
+            keep = list(range(keep[0], width))
+            kwargs[self._keep_arg] = len(keep)
+        kwargs[self._cache_arg] = cache
+        out = self.model(input_ids=ids, use_cache=True, **kwargs)
+        logits = out.logits  # [n, len(keep), vocab]
+        scores: list[torch.Tensor | None] = [None] * n
+        if scoring:  # every position kept: each fed token's log-probability
+            assert score is not None
+            for i in range(n):
+                if score[i] and lens[i] > 1:
+                    lp = torch.log_softmax(logits[i, : lens[i] - 1].float(), dim=-1)
+                    nxt = torch.tensor(new_tokens[i][1:], device=device).unsqueeze(1)
+                    scores[i] = lp.gather(1, nxt)[:, 0].cpu()
+        if len(keep) == 1:
+            logits = logits[:, 0]
+        else:
+            column = {p: j for j, p in enumerate(keep)}
+            pick = torch.tensor([column[p] for p in last], device=device)
+            logits = logits[torch.arange(n, device=device), pick]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        return out, logprobs, scores, mask
+
     @property
     def kv_bytes(self) -> int:
-        """Bytes of the key/value tensors of every batch that some live context still uses.
+        """Bytes of keys and values that live contexts use.
 
-        A batch's tensors hold every row's whole sequence, and stay alive as long as any one
-        of its rows is used."""
-        return sum(g.nbytes for g in list(self._groups))
+        "paged": the blocks that some live state refers to (each block counted once, however
+        many states share it). "batch": the tensors of every batch that some live context
+        still uses (a batch's tensors hold every row's whole sequence, and stay alive as long
+        as any one of its rows is used)."""
+        pool = self._pool
+        if pool is None:
+            return sum(g.nbytes for g in list(self._groups))
+        with pool.lock:
+            pool.drain()
+            return pool.used_bytes
+
+    @property
+    def kv_reserved_bytes(self) -> int:
+        """Bytes of keys and values allocated: the pool's capacity ("paged", which grows by
+        doubling and keeps its free blocks for reuse), or `kv_bytes` ("batch")."""
+        pool = self._pool
+        if pool is None:
+            return self.kv_bytes
+        return pool.reserved_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:

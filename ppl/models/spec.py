@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from ppl.models.base import LanguageModel
 
 KINDS = ("embedded", "hf")
+#: how an `HFModel` keeps keys and values (`HFModel(..., kv_cache=...)`); the first is the default
+KV_CACHES = ("paged", "batch")
+#: token slots per block of the paged KV cache, by default
+KV_BLOCK = 16
 FORMS = '"embedded" or "hf:NAME_OR_PATH" (a HuggingFace model id or a local directory)'
 _SECRET_OPTIONS = frozenset({"token", "use_auth_token"})
 
@@ -69,6 +73,8 @@ class ModelSpec:
         dtype: a torch dtype name such as "bfloat16" (None: the backend's default).
         device: a torch device such as "cuda:0" (None: CUDA when available, else the CPU).
         options: extra keyword arguments of `from_pretrained` as sorted (key, value) pairs.
+        kv_cache: "paged" (the default) or "batch": how the model keeps keys and values.
+        kv_block: token slots per block of the paged cache (default 16).
 
     Direct construction normalises as `spec(...)` does: torch dtypes and devices become their
     names, `options` may be given as a mapping.
@@ -79,6 +85,8 @@ class ModelSpec:
     dtype: str | None = None
     device: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    kv_cache: str = KV_CACHES[0]
+    kv_block: int = KV_BLOCK
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -98,6 +106,16 @@ class ModelSpec:
                 f'the "embedded" model takes no name (got {name!r}); for another model use '
                 f'spec("hf", "{name}")'
             )
+        if self.kv_cache not in KV_CACHES:
+            raise ValueError(
+                f"unknown kv_cache {self.kv_cache!r}: use one of {', '.join(map(repr, KV_CACHES))}"
+            )
+        if (
+            isinstance(self.kv_block, bool)
+            or not isinstance(self.kv_block, int)
+            or self.kv_block < 1
+        ):
+            raise ValueError(f"kv_block must be a positive number of tokens, got {self.kv_block!r}")
         options = _sorted_options(self.options)
         if self.kind == "embedded" and options:
             raise ValueError(
@@ -173,6 +191,7 @@ class ModelSpec:
     def __str__(self) -> str:
         text = "embedded" if self.kind == "embedded" else f"hf:{self.name_or_path}"
         extras = [f"{k}={v}" for k, v in (("dtype", self.dtype), ("device", self.device)) if v]
+        extras += [f"{k}={v}" for k, v in self._kv_options()]
         return f"{text} ({', '.join(extras)})" if extras else text
 
     def __repr__(self) -> str:
@@ -184,7 +203,19 @@ class ModelSpec:
         for key, value in (("dtype", self.dtype), ("device", self.device), ("options", options)):
             if value:
                 fields.append(f"{key}={value!r}")
+        fields += [f"{k}={v!r}" for k, v in self._kv_options()]
         return f"ModelSpec({', '.join(fields)})"
+
+    def _kv_options(self) -> list[tuple[str, Any]]:
+        """The KV cache settings that differ from the defaults."""
+        return [
+            (k, v)
+            for k, v, default in (
+                ("kv_cache", self.kv_cache, KV_CACHES[0]),
+                ("kv_block", self.kv_block, KV_BLOCK),
+            )
+            if v != default
+        ]
 
 
 def spec(
@@ -193,9 +224,14 @@ def spec(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    kv_cache: str = KV_CACHES[0],
+    kv_block: int = KV_BLOCK,
     **options: Any,
 ) -> ModelSpec:
     """A `ModelSpec`: `spec("embedded")` or `spec("hf", name_or_path, **from_pretrained_kwargs)`.
+
+    `kv_cache` and `kv_block` choose the model's KV cache (`HFModel`); the other keywords are
+    options of `from_pretrained`.
 
     >>> s = spec("hf", "HuggingFaceTB/SmolLM2-360M-Instruct", dtype="bfloat16", revision="main")
     >>> str(s), s.options
@@ -204,7 +240,15 @@ def spec(
     Raises ValueError for an unknown kind, a "hf" spec without a name, or an "embedded" spec
     with one, and TypeError for an option value that is not plain (see the module docstring).
     """
-    return ModelSpec(kind, name_or_path, dtype, device, tuple(options.items()))
+    return ModelSpec(
+        kind,
+        name_or_path,
+        dtype,
+        device,
+        tuple(options.items()),
+        kv_cache=kv_cache,
+        kv_block=kv_block,
+    )
 
 
 def register(model: LanguageModel, model_spec: ModelSpec) -> None:

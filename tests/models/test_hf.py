@@ -73,6 +73,26 @@ def tiny_lm():
     return HFModel(LlamaForCausalLM(config), tokenizer)
 
 
+#: the KV caches under test: (kv_cache, kv_block); small blocks make short prompts span several
+KV_CACHES = [("paged", 4), ("paged", 16), ("batch", 16)]
+KV_IDS = ["paged4", "paged16", "batch"]
+
+
+@pytest.fixture(params=KV_CACHES, ids=KV_IDS)
+def kv_lm(request, tiny_lm):
+    """`tiny_lm`'s weights behind each KV cache (a new model per test: its own cache)."""
+    kv_cache, kv_block = request.param
+    return HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache=kv_cache, kv_block=kv_block)
+
+
+def paged_lm(tiny_lm, kv_block: int = 4) -> HFModel:
+    return HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache="paged", kv_block=kv_block)
+
+
+def batch_lm(tiny_lm) -> HFModel:
+    return HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache="batch")
+
+
 # -- reference and exactness check ---------------------------------------------------------------
 
 
@@ -206,23 +226,23 @@ def check_kv_exactness(lm: HFModel, text_a: str, text_b: str) -> None:
 # -- tiny model: fast tests ----------------------------------------------------------------------
 
 
-def test_kv_exactness_tiny(tiny_lm):
-    check_kv_exactness(tiny_lm, "the cat sat on the mat", "a quick brown fox 😀")
+def test_kv_exactness_tiny(kv_lm):
+    check_kv_exactness(kv_lm, "the cat sat on the mat", "a quick brown fox 😀")
 
 
-def test_kv_exactness_tiny_all_logits(tiny_lm):
+def test_kv_exactness_tiny_all_logits(kv_lm):
     """The path for models whose forward cannot limit the logits it computes."""
-    lm = HFModel(tiny_lm.model, tiny_lm.tokenizer)
-    lm._keep_arg = None
-    check_kv_exactness(lm, "the dog sat", "naïve façade")
+    kv_lm._keep_arg = None
+    check_kv_exactness(kv_lm, "the dog sat", "naïve façade")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kv_exactness_tiny_cuda(tiny_lm, dtype):
+@pytest.mark.parametrize("kv", KV_CACHES, ids=KV_IDS)
+def test_kv_exactness_tiny_cuda(tiny_lm, dtype, kv):
     model = copy.deepcopy(tiny_lm.model).to("cuda", dtype)
-    lm = HFModel(model, tiny_lm.tokenizer)
+    lm = HFModel(model, tiny_lm.tokenizer, kv_cache=kv[0], kv_block=kv[1])
     assert lm.device.type == "cuda"
     check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
 
@@ -327,6 +347,7 @@ def test_context_window_from_the_tokenizer_when_the_config_has_none():
 
 def test_groups_are_freed(tiny_lm):
     """A group lives while a state refers to it; children do not keep their parents' groups."""
+    tiny_lm = batch_lm(tiny_lm)
     (root,), _ = tiny_lm.extend([None], [tiny_lm.encode("the cat")])
     root_group = weakref.ref(root.group)
     children, _ = tiny_lm.extend([root, root], [[30], [31]])
@@ -344,7 +365,8 @@ def test_groups_are_freed(tiny_lm):
     assert grandchildren[0].group.keys[0].shape[0] == 2
 
 
-def test_context_api_tiny(tiny_lm):
+def test_context_api_tiny(kv_lm):
+    tiny_lm = kv_lm
     ctx = tiny_lm.context("the cat")
     tiny_lm.reset_counters()
     ctx.logprobs()
@@ -435,9 +457,11 @@ def test_embedded_chat(embedded_lm):
 
 
 @pytest.mark.slow
-def test_embedded_kv_exactness(embedded_lm):
+@pytest.mark.parametrize("kv_cache", ["paged", "batch"])
+def test_embedded_kv_exactness(embedded_lm, kv_cache):
+    lm = HFModel(embedded_lm.model, embedded_lm.tokenizer, kv_cache=kv_cache)
     # short texts: the reference forwards over whole sequences dominate the test's time
-    check_kv_exactness(embedded_lm, "<|im_start|>user\nA haiku?", "Un café 😀")
+    check_kv_exactness(lm, "<|im_start|>user\nA haiku?", "Un café 😀")
 
 
 @pytest.mark.slow
@@ -500,9 +524,7 @@ def test_embedded_context_api(embedded_lm):
 
 
 def test_kv_bytes_count_each_live_batch_once(tiny_lm):
-    import gc
-
-    lm = tiny_lm
+    lm = batch_lm(tiny_lm)
     gc.collect()
     lm.reset_counters()
     before = lm.kv_bytes  # contexts of other tests that are still alive
@@ -534,3 +556,259 @@ def test_models_without_a_cache_hold_no_keys():
 
     toy_lm.compute_logprobs([toy_lm.context("")])
     assert toy_lm.kv_bytes == 0 and toy_lm.kv_peak_bytes == 0
+
+
+# -- the paged cache -----------------------------------------------------------------------------
+
+
+def block_bytes(lm: HFModel) -> int:
+    return lm.kv_block * lm.kv_bytes_per_token
+
+
+def check_pool(lm: HFModel, live: list) -> None:
+    """The pool's bookkeeping agrees with the live states: each block's refcount is the number
+    of live states whose table names it, free blocks have none, and `kv_bytes` counts the
+    blocks in use once each."""
+    gc.collect()
+    pool = lm._pool
+    assert lm.kv_bytes >= 0  # applies the releases of dead states
+    live = list({id(state): state for state in live}.values())
+    counts = [0] * pool.capacity
+    for state in live:
+        for b in state.blocks:
+            counts[b] += 1
+    counts[0] = 1  # the zero block is held for ever
+    assert pool.refs == counts
+    assert min(pool.refs) >= 0
+    assert sorted(pool.free) == [b for b in range(1, pool.capacity) if counts[b] == 0]
+    assert (
+        lm.kv_bytes
+        == pool.used * block_bytes(lm)
+        == (pool.capacity - 1 - len(pool.free)) * (block_bytes(lm))
+    )
+    assert lm.kv_reserved_bytes >= pool.capacity * block_bytes(lm)
+    for state in live:  # a table covers the state's tokens, no more
+        assert (
+            (len(state.blocks) - 1) * lm.kv_block
+            < state.length
+            <= len(state.blocks) * (lm.kv_block)
+        )
+
+
+def test_paged_is_the_default(tiny_lm):
+    assert tiny_lm.kv_cache == "paged" and tiny_lm.kv_block == 16
+    with pytest.raises(ValueError, match="unknown kv_cache"):
+        HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache="dense")
+    with pytest.raises(ValueError, match="kv_block"):
+        HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_block=0)
+
+
+def test_paged_forks_share_full_blocks(tiny_lm):
+    """Children share their parent's full blocks: each costs at most one block, not the prefix.
+
+    The first child of a parent appends to the parent's partial last block in place; the
+    others get a copy of it (copy on write)."""
+    lm = paged_lm(tiny_lm, kv_block=4)
+    ids = lm.encode("the cat sat on the mat and the dog")[:11]
+    assert len(ids) == 11  # full blocks and a partial one
+    (root,), _ = lm.extend([None], [ids])
+    held = lm.kv_bytes
+    assert held == -(-len(ids) // 4) * block_bytes(lm)
+    kids, _ = lm.extend([root] * 5, [[30 + i] for i in range(5)])
+    assert lm.kv_bytes - held == 4 * block_bytes(lm)  # 5 children: one in place, 4 copies
+    # (the "batch" cache adds a copy of every child's whole sequence: 5 * 12 tokens)
+    assert 4 * block_bytes(lm) < 5 * (len(ids) + 1) * lm.kv_bytes_per_token / 3
+    assert all(k.blocks[:-1] == root.blocks[:-1] for k in kids)
+    assert kids[0].blocks == root.blocks  # appended in place
+    assert len({k.blocks[-1] for k in kids}) == 5
+    # a parent whose blocks are all full: children share all of them, and add one block each
+    full = kids[0]
+    while full.length % 4:
+        (full,), _ = lm.extend([full], [[40]])
+    before = lm.kv_bytes
+    grand, _ = lm.extend([full] * 3, [[41], [42], [43]])
+    assert lm.kv_bytes - before == 3 * block_bytes(lm)
+    assert all(g.blocks[:-1] == full.blocks for g in grand)
+    check_pool(lm, [root, *kids, full, *grand])
+
+
+def test_paged_blocks_are_freed_and_reused(tiny_lm):
+    """Blocks go back to the pool when their contexts die; the pool does not grow across runs."""
+    import ppl
+
+    lm = paged_lm(tiny_lm, kv_block=4)
+    gc.collect()
+    base = lm.kv_bytes
+
+    @ppl.program
+    def chain(steps):
+        ctx = lm.context("the cat")
+        for _ in range(steps):
+            ctx = ctx + ppl.sample(ctx.next_token())
+        return ctx.tokens
+
+    reserved = []
+    for seed in range(3):
+        post = ppl.smc(chain, 12, particles=8, seed=seed, progress=False)
+        assert len(post.samples()) > 0
+        del post
+        gc.collect()
+        assert lm.kv_bytes == base  # everything went with the run
+        reserved.append(lm.kv_reserved_bytes)
+    assert reserved[0] > 0 and reserved[1] == reserved[0] and reserved[2] == reserved[0]
+    check_pool(lm, [])
+
+
+def test_paged_refcounts_under_random_forks(tiny_lm):
+    """A random tree of forks, extensions and deaths: every row exact, the pool consistent."""
+    lm = paged_lm(tiny_lm, kv_block=4)
+    check = Checker(lm)
+    gen = torch.Generator().manual_seed(3)
+
+    def rand(k: int) -> list[int]:
+        return torch.randint(20, len(lm.tokenizer) - 1, (k,), generator=gen).tolist()
+
+    try:
+        nodes = check.extend([(None, lm.encode("the cat sat")), (None, lm.encode("a"))])
+        for _ in range(12):
+            k = int(torch.randint(1, 7, (1,), generator=gen))
+            items = []
+            for _ in range(k):
+                pick = int(torch.randint(-1, len(nodes), (1,), generator=gen))
+                width = int(torch.randint(1, 4, (1,), generator=gen))
+                parent = None if pick < 0 else nodes[pick]
+                items.append((parent, rand(width + (2 if parent is None else 0))))
+            nodes += check.extend(items)
+            del items, parent
+            # some contexts die
+            keep = torch.rand(len(nodes), generator=gen) < 0.7
+            nodes = [node for node, alive in zip(nodes, keep.tolist()) if alive] or nodes[-1:]
+            check_pool(lm, [state for state, _ in nodes])
+    finally:
+        check.recorder.close()
+    assert lm._pool.capacity >= 1 + 16 + 16  # it grew (tensors copied) on the way
+    del nodes
+    check_pool(lm, [])
+    assert lm.kv_bytes == 0
+    # a block given back twice is a bookkeeping error, never a negative count
+    (state,), _ = lm.extend([None], [[5, 6]])
+    lm._pool.released.append(list(state.blocks))
+    del state
+    with pytest.raises(RuntimeError, match="released more than held"):
+        lm.kv_bytes  # noqa: B018
+
+
+def test_paged_mixed_batch_with_scored_rows(kv_lm):
+    """Fresh prompts, rows of several parents, several new tokens per row and scored rows in
+    one call: next-token log-probabilities and scores equal plain forwards."""
+    lm = kv_lm
+    tol = tolerance(lm)
+    a = lm.encode("the cat sat on the mat")
+    b = lm.encode("a quick brown fox")
+    (pa, pb), _ = lm.extend([None, None], [a, b])
+    (pa2,), _ = lm.extend([pa], [[50, 51, 52]])
+    rows = [
+        (None, a[:5]),
+        (pa, [60, 61, 62, 63]),
+        (pb, [64]),
+        (pa2, [65, 66]),
+        (pa, [67]),
+        (None, b + [68]),
+        (pb, [69, 70, 71]),
+    ]
+    before = {id(pa): a, id(pb): b, id(pa2): a + [50, 51, 52]}
+    score = [True, True, False, True, False, True, True]
+    states, logprobs, scores = lm.extend_scored(
+        [p for p, _ in rows], [list(t) for _, t in rows], score
+    )
+    seqs = [(before[id(p)] if p is not None else []) + t for p, t in rows]
+    for seq, row in zip(seqs, logprobs, strict=True):
+        assert torch.allclose(row, reference_logprobs(lm, seq), **tol)
+    for (_, new), seq, scored, wanted in zip(rows, seqs, scores, score, strict=True):
+        if not wanted:
+            assert scored is None
+            continue
+        start = len(seq) - len(new)
+        expected = torch.stack(
+            [reference_logprobs(lm, seq[:k])[seq[k]] for k in range(start + 1, len(seq))]
+        )
+        assert torch.allclose(scored, expected, **tol)
+    # and the states carry on exactly
+    check = Checker(lm)
+    try:
+        check.extend([((s, q), [72]) for s, q in zip(states, seqs, strict=True)])
+    finally:
+        check.recorder.close()
+
+
+def test_states_of_another_model_are_refused(tiny_lm):
+    paged, other, batch = paged_lm(tiny_lm), paged_lm(tiny_lm), batch_lm(tiny_lm)
+    (p,), _ = paged.extend([None], [[5, 6]])
+    (q,), _ = other.extend([None], [[5, 6]])
+    (g,), _ = batch.extend([None], [[5, 6]])
+    for lm, state in ((paged, q), (paged, g), (batch, p), (other, p)):
+        with pytest.raises(TypeError, match="not a state of this HFModel"):
+            lm.extend([state], [[7]])
+    assert repr(p) == "<HFModel state: 2 tokens>"
+
+
+@pytest.mark.slow
+def test_paged_states_outlive_their_model(tmp_path):
+    """States that outlive their model, or the interpreter's run, give back their blocks
+    without an error."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "outlive.py"
+    script.write_text(
+        "import gc, sys\n"
+        "from tests.models.test_hf import tiny_tokenizer\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "from ppl.models.hf import HFModel\n"
+        "tok = tiny_tokenizer()\n"
+        "config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,\n"
+        "    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)\n"
+        "lm = HFModel(LlamaForCausalLM(config), tok, kv_block=2)\n"
+        "(root,), _ = lm.extend([None], [[1, 2, 3]])\n"
+        "kids, _ = lm.extend([root, root], [[4], [5]])\n"
+        "del lm; gc.collect()\n"
+        "del kids[0]; gc.collect()\n"
+        "print('ok')\n"
+        "KEPT = (root, kids)  # alive at interpreter shutdown\n"
+    )
+    root_dir = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", str(script)],
+        cwd=root_dir,
+        env={**os.environ, "PYTHONPATH": str(root_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_paged_kv_bytes_and_peak(tiny_lm):
+    lm = paged_lm(tiny_lm, kv_block=4)
+    lm.reset_counters()
+    assert lm.kv_bytes == lm.kv_peak_bytes == lm.kv_reserved_bytes == 0
+    root = lm.context("ab ab ab ab")
+    lm.compute_logprobs([root])
+    prompt = len(root.prompt_tokens)
+    assert lm.kv_bytes == -(-prompt // 4) * block_bytes(lm)
+    kids = [root + t for t in (5, 6, 7)]
+    lm.compute_logprobs(kids)
+    peak = lm.kv_bytes
+    assert peak <= (-(-prompt // 4) + 3) * block_bytes(lm)
+    del kids
+    gc.collect()
+    assert lm.kv_bytes == -(-prompt // 4) * block_bytes(lm)
+    assert lm.kv_peak_bytes == peak
+    assert lm.kv_reserved_bytes >= peak
+    del root
+    gc.collect()
+    assert lm.kv_bytes == 0

@@ -229,6 +229,25 @@ def test_unpickling_in_another_process_builds_the_same_model(tiny_dir, tmp_path)
     assert torch.allclose(torch.tensor(json.loads(out[1])), expected[0], atol=1e-5)
 
 
+def test_kv_cache_options_travel_with_the_spec(tiny_dir):
+    s = spec("hf", tiny_dir, dtype="float32", device="cpu", kv_cache="batch", kv_block=8)
+    assert s != spec("hf", tiny_dir, dtype="float32", device="cpu")
+    assert s.options == () and (s.kv_cache, s.kv_block) == ("batch", 8)
+    assert "kv_cache='batch'" in repr(s) and "kv_block=8" in repr(s)
+    assert str(s).endswith("(dtype=float32, device=cpu, kv_cache=batch, kv_block=8)")
+    assert "kv_cache" not in repr(spec("hf", tiny_dir))  # the defaults are not spelled out
+    lm = s.build()
+    assert (lm.kv_cache, lm.kv_block) == ("batch", 8)
+    assert lm.spec == s and pickle.loads(pickle.dumps(lm)) is lm
+    paged = HFModel.from_pretrained(tiny_dir, device="cpu", dtype="float32", kv_block=4)
+    assert (paged.kv_cache, paged.kv_block) == ("paged", 4)
+    assert paged.spec == spec("hf", tiny_dir, dtype="float32", device="cpu", kv_block=4)
+    with pytest.raises(ValueError, match="unknown kv_cache 'dense'"):
+        spec("hf", "gpt2", kv_cache="dense")
+    with pytest.raises(ValueError, match="kv_block must be a positive number"):
+        spec("embedded", kv_block=0)
+
+
 # -- the embedded model --------------------------------------------------------------------------
 
 
@@ -238,6 +257,18 @@ def test_embedded_model_pickles_as_its_spec(embedded_lm):
     assert embedded_lm.spec == spec("embedded", dtype=dtype, device=str(embedded_lm.device))
     assert len(pickle.dumps(embedded_lm)) < 1_000
     assert pickle.loads(pickle.dumps(embedded_lm)) is embedded_lm
+
+
+@pytest.mark.slow
+def test_embedded_model_with_another_kv_cache_shares_the_weights(embedded_lm):
+    import ppl.models
+
+    batch = ppl.models.load(kv_cache="batch")
+    assert batch.kv_cache == "batch" and embedded_lm.kv_cache == "paged"
+    assert batch.model is embedded_lm.model  # loaded once
+    assert ppl.models.load(kv_cache="batch") is batch
+    assert batch.spec == dataclasses.replace(embedded_lm.spec, kv_cache="batch")
+    assert pickle.loads(pickle.dumps(batch)) is batch
     assert spec("embedded").build() is embedded_lm
     assert spec("embedded").build() is embedded_lm
     assert ModelSpec.parse("embedded").build() is embedded_lm
