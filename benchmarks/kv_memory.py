@@ -28,25 +28,10 @@ import argparse
 import gc
 import time
 
+from smc_vs_generate import short_words_fixed  # the same task, exactly T tokens
+
 import ppl
-from ppl import condition, program, sample
 from ppl.models import HFModel
-
-
-def letters(word: str) -> int:
-    return sum(ch.isalpha() for ch in word)
-
-
-@program
-def short_words_fixed(lm, prompt: str, tokens: int):
-    """The short-words story, exactly `tokens` tokens long (no early end)."""
-    ctx = lm.context(prompt)
-    for _ in range(tokens):
-        tok = sample(ctx.next_token())
-        condition(not tok.is_eos)
-        ctx = ctx + tok
-        condition(all(letters(w) <= 5 for w in ctx.text.split()))
-    return ctx.text
 
 
 def measure(lm, n: int, t: int, seed: int) -> dict:
