@@ -12,8 +12,21 @@ the program, the constraint, resampling and KV-cache forking. It also checks tha
 re-encodes: the tokens it feeds the model must equal the prompt (once, shared by all particles)
 plus one token per distinct generated prefix whose next-token distribution was needed.
 
+On a GPU (`--device cuda`) it also reports
+
+* `--cold`: the first SMC run and the first `generate` run of each size in this process, before
+  any warm-up (CUDA is initialised first by one untimed one-token forward pass, so that neither
+  pays for it; SMC runs first, so it meets every new kernel first). Run one size per process
+  for the cold figures of a fresh process;
+* the milliseconds per step of SMC (its warm time over T) against a decode step of a plain batch
+  of N rows from transformers' static cache (`generate(cache_implementation="static")`, which
+  transformers compiles into CUDA graphs on a GPU): the column `ref ms`.
+
+`--step` picks how the model runs decode steps (`HFModel.step`: "auto" is CUDA graphs on a GPU,
+eager on the CPU).
+
 Run: `make bench`, or `python benchmarks/smc_vs_generate.py [--reps 3] [--device cpu]
-[--warmup K]`.
+[--warmup K] [--step auto] [--cold] [--reference]`.
 """
 
 from __future__ import annotations
@@ -49,9 +62,14 @@ def run_smc(lm, prompt: str, n: int, t: int, seed: int) -> ppl.Posterior:
     return ppl.smc(short_words_fixed, lm, prompt, t, particles=n, seed=seed, progress=False)
 
 
-def run_generate(lm, prompt_ids: list[int], n: int, t: int, seed: int) -> torch.Tensor:
+def run_generate(
+    lm, prompt_ids: list[int], n: int, t: int, seed: int, static: bool = False
+) -> torch.Tensor:
+    """`generate` sampling n sequences of exactly t new tokens; `static`: with transformers'
+    static cache (compiled into CUDA graphs on a GPU)."""
     torch.manual_seed(seed)
     ids = torch.tensor([prompt_ids] * n, device=lm.device)
+    options = {"cache_implementation": "static"} if static else {}
     with torch.inference_mode():
         out = lm.model.generate(
             input_ids=ids,
@@ -63,6 +81,7 @@ def run_generate(lm, prompt_ids: list[int], n: int, t: int, seed: int) -> torch.
             max_new_tokens=t,
             min_new_tokens=t,
             pad_token_id=min(lm.eos_token_ids),
+            **options,
         )
     if out.is_cuda:
         torch.cuda.synchronize()  # the timing covers the work, not just its launch
@@ -107,24 +126,53 @@ def main() -> None:
         default=None,
         help="untimed runs of each at each size (default 1 on the CPU, 4 on a GPU)",
     )
+    parser.add_argument("--step", default="auto", help="HFModel.step: auto, eager, buckets, graphs")
+    parser.add_argument(
+        "--cold", action="store_true", help="time the first runs of each size (see above)"
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="time a static-cache generate step (default: on a GPU)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
-    lm = ppl.models.load(device=args.device)
+    lm = ppl.models.load(device=args.device, step=args.step)
+    cuda = lm.device.type == "cuda"
     if args.warmup is None:
-        args.warmup = 4 if lm.device.type == "cuda" else 1
+        args.warmup = 4 if cuda else 1
+    reference = args.reference or cuda
     prompt = lm.chat("Tell me a story.")
     prompt_ids = lm.encode(prompt)
-    print(f"model {lm!r}, prompt {len(prompt_ids)} tokens, {torch.get_num_threads()} threads")
+    print(
+        f"embedded model on {lm.device} ({lm.model.dtype}), step {lm.step!r}, prompt "
+        f"{len(prompt_ids)} tokens, {torch.get_num_threads()} threads"
+    )
+    with torch.inference_mode():  # CUDA and the model's first kernels, before any timing
+        lm.model(input_ids=torch.tensor([prompt_ids[:1]], device=lm.device))
 
     header = (
         f"{'N':>3} {'T':>3}  {'SMC s':>7} {'generate s':>10} {'ratio':>6}  "
         f"{'SMC fed':>7} {'ideal':>6} {'generate fed':>12}  {'final ESS':>9}"
     )
+    if args.cold:
+        header += f"  {'cold SMC s':>10} {'cold gen s':>10} {'cold ratio':>10}"
+    if reference:
+        header += f"  {'SMC ms':>7} {'ref ms':>7} {'ratio':>6}"
     print(header)
     print("-" * len(header))
     for n in args.particles:
         for t in args.tokens:
+            cold = ""
+            if args.cold:  # the first runs of this size in the process
+                start = time.perf_counter()
+                run_smc(lm, prompt, n, t, seed=args.reps + args.warmup)
+                cold_smc = time.perf_counter() - start
+                start = time.perf_counter()
+                run_generate(lm, prompt_ids, n, t, seed=args.reps + args.warmup)
+                cold_gen = time.perf_counter() - start
+                cold = f"  {cold_smc:>10.2f} {cold_gen:>10.2f} {cold_smc / cold_gen:>10.2f}"
             smc_times, gen_times = [], []
             # untimed runs of each at this size first, so that both are timed warm. SMC's
             # batches change shape from step to step (resampled particles share rows), and on
@@ -145,11 +193,35 @@ def main() -> None:
             post, ideal = ideal_tokens_fed(lm, prompt, n, t, seed=0)
             smc_s, gen_s = statistics.median(smc_times), statistics.median(gen_times)
             gen_fed = n * len(prompt_ids) + n * (t - 1)  # every row reads the prompt
+            step = ""
+            if reference:
+                ref_ms = 1000 * static_step_seconds(lm, prompt_ids, n, t, args.reps)
+                smc_ms = 1000 * smc_s / t
+                step = f"  {smc_ms:>7.2f} {ref_ms:>7.2f} {smc_ms / ref_ms:>6.2f}"
             print(
                 f"{n:>3} {t:>3}  {smc_s:>7.2f} {gen_s:>10.2f} {smc_s / gen_s:>6.2f}  "
-                f"{post.stats['tokens_fed']:>7} {ideal:>6} {gen_fed:>12}  {post.final_ess:>9.1f}",
+                f"{post.stats['tokens_fed']:>7} {ideal:>6} {gen_fed:>12}  {post.final_ess:>9.1f}"
+                f"{cold}{step}",
                 flush=True,
             )
+    if cuda:
+        print(f"CUDA graphs captured: {lm.graphs_captured}; shapes met: {lm.step_shapes}")
+
+
+def static_step_seconds(lm, prompt_ids: list[int], n: int, t: int, reps: int) -> float:
+    """Seconds per decode step of a plain batch of n rows with transformers' static cache: the
+    median of `reps` warm runs of t tokens less a run of one token (the prefill), over t - 1."""
+    times = {}
+    for tokens in (1, t):
+        for k in range(2):  # warm-up: compiling and capturing happen here
+            run_generate(lm, prompt_ids, n, tokens, seed=100 + k, static=True)
+        runs = []
+        for rep in range(reps):
+            start = time.perf_counter()
+            run_generate(lm, prompt_ids, n, tokens, seed=rep, static=True)
+            runs.append(time.perf_counter() - start)
+        times[tokens] = statistics.median(runs)
+    return max(times[t] - times[1], 0.0) / (t - 1)
 
 
 if __name__ == "__main__":

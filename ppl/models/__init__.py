@@ -57,6 +57,7 @@ def _load_embedded(model_spec: ModelSpec) -> LanguageModel:
         dtype=model_spec.dtype,
         kv_cache=model_spec.kv_cache,
         kv_block=model_spec.kv_block,
+        step=model_spec.step,
     )
 
 
@@ -70,6 +71,7 @@ def _load_hf(model_spec: ModelSpec) -> LanguageModel:
         dtype=model_spec.dtype,
         kv_cache=model_spec.kv_cache,
         kv_block=model_spec.kv_block,
+        step=model_spec.step,
         **dict(model_spec.options),
     )
 

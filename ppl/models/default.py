@@ -21,6 +21,7 @@ from ppl.models.hf import HFModel
 from ppl.models.spec import (
     KV_BLOCK,
     KV_CACHES,
+    STEPS,
     ModelSpec,
     register,
     resolve_device,
@@ -56,26 +57,30 @@ def load(
     dtype: str | torch.dtype | None = None,
     kv_cache: str = KV_CACHES[0],
     kv_block: int = KV_BLOCK,
+    step: str = STEPS[0],
 ) -> HFModel:
     """The embedded SmolLM2-135M-Instruct as an `HFModel`, loaded once per (device, dtype).
 
     device: default CUDA when available, else the CPU. dtype: default float32 on the CPU and
-    bfloat16 on CUDA where supported. kv_cache, kv_block: the model's KV cache (`HFModel`);
-    models that differ only in these share one copy of the weights. The first call takes some
+    bfloat16 on CUDA where supported. kv_cache, kv_block, step: the model's KV cache and how
+    its decode steps run (`HFModel`); models that differ only in these share one copy of the
+    weights. The first call takes some
     20-30 s (the GGUF weights are dequantised); later calls return the same object. The model's
     `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both resolved, and it pickles
     as that.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key = (str(device), str(dtype), kv_cache, kv_block)
+    key = (str(device), str(dtype), kv_cache, kv_block, step)
     with _lock:
         lm = _loaded.get(key)
         if lm is None:
             # the weights once per (device, dtype), whatever the cache
             loaded = next((m for k, m in _loaded.items() if k[:2] == key[:2]), None)
             if loaded is not None:
-                lm = HFModel(loaded.model, loaded.tokenizer, kv_cache=kv_cache, kv_block=kv_block)
+                lm = HFModel(
+                    loaded.model, loaded.tokenizer, kv_cache=kv_cache, kv_block=kv_block, step=step
+                )
             else:
                 path = gguf_path()
                 with _quiet_progress_bars():
@@ -86,10 +91,16 @@ def load(
                         dtype=dtype,
                         kv_cache=kv_cache,
                         kv_block=kv_block,
+                        step=step,
                     )
             # "embedded" rather than the "hf" spec of this machine's path to the wheel's file
             model_spec = ModelSpec(
-                "embedded", dtype=dtype, device=device, kv_cache=kv_cache, kv_block=kv_block
+                "embedded",
+                dtype=dtype,
+                device=device,
+                kv_cache=kv_cache,
+                kv_block=kv_block,
+                step=step,
             )
             register(lm, model_spec)
             _loaded[key] = lm

@@ -50,6 +50,28 @@ dying states only append their block tables to a queue, which the next forward p
 pass, after its model is gone, or at interpreter shutdown. The paged cache needs transformers'
 cache layers (4.56 and later); with older releases the model uses the batch cache.
 
+Fixed-shape decode steps and CUDA graphs (`HFModel.step`)
+---------------------------------------------------------
+A forward pass at its own shape is what suits the CPU, where every padded row or key costs
+arithmetic. On a GPU a small model's step is dominated by kernel launches, and every new shape
+costs once; a run of SMC meets a new shape at most steps (row counts change as resampling
+merges particles, the past grows by one). With `step="buckets"` or `"graphs"` (the default on
+CUDA), a decode step of the paged cache (every row one new token, none scored) runs in a fixed
+shape instead (`_FixedStep`): rows padded to the next of `ROW_BUCKETS` (powers of two), past
+positions to `key_bucket(past)` (a power of two from 64, then multiples of 1024). The gather
+index lays each row's positions out in order, pointing the positions past its end at the zero
+slot; the new token is the last column; a 4D mask keeps each row to its own real positions.
+Padding rows read only their own new token and write it to a scratch block that no state
+names. Partial-block copies (copy on write) run inside the step too, padded with copies of the
+zero slot onto itself. A run therefore meets a handful of shapes. With "graphs", each shape is
+captured once as a CUDA graph (after an eager warm-up run, which computes that step) and
+replayed with new inputs copied into its buffer; the capture is checked by replaying it on the
+same inputs, and a capture that fails or disagrees turns graphs off for the model with a
+warning (steps then run eagerly in the same fixed shapes). Graphs name the pool's tensors, so a
+pool that grows (new tensors) drops its graphs; with graphs on it grows by at least
+`GRAPH_MIN_GROWTH` blocks at a time. Prompts and multi-token or scored rows always run at their
+own shape.
+
 The batch cache ("batch")
 -------------------------
 Each forward pass's output is a `_KVGroup`: the per-layer key/value tensors of the whole batch
@@ -69,6 +91,7 @@ import functools
 import inspect
 import json
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -77,7 +100,15 @@ from typing import Any
 import torch
 
 from ppl.models.base import LanguageModel
-from ppl.models.spec import KV_BLOCK, KV_CACHES, ModelSpec, _build_spec, is_plain, register
+from ppl.models.spec import (
+    KV_BLOCK,
+    KV_CACHES,
+    STEPS,
+    ModelSpec,
+    _build_spec,
+    is_plain,
+    register,
+)
 from ppl.models.spec import resolve_device as resolve_device  # its old home
 from ppl.models.spec import resolve_dtype as resolve_dtype
 
@@ -249,6 +280,11 @@ class _BlockPool:
         self.slot_bytes = 0  # bytes of one token slot across all layers, keys and values
         self.released: deque[list[int]] = deque()
         self.lock = threading.RLock()
+        #: bumped whenever a layer's tensors are replaced (CUDA graphs name their addresses)
+        self.generation = 0
+        #: the fewest blocks the pool grows by (raised where each growth is costly)
+        self.min_growth = 16
+        self._scratch = 0  # a block that padding rows of fixed-shape steps write to (0: none)
 
     # -- allocation (under `lock`) ----------------------------------------------------------------
 
@@ -268,7 +304,7 @@ class _BlockPool:
     def allocate(self, fill: int) -> int:
         """A block with one reference whose first `fill` slots are claimed."""
         if not self.free:  # grow by half: reserved room stays within 1.5x the peak in use
-            grown = max(16, self.capacity // 2)
+            grown = max(self.min_growth, self.capacity // 2)
             self.refs.extend([0] * grown)
             self.fill.extend([0] * grown)
             self.free.extend(range(self.capacity + grown - 1, self.capacity - 1, -1))
@@ -278,6 +314,14 @@ class _BlockPool:
         self.fill[b] = fill
         self.used += 1
         return b
+
+    def scratch_slot(self) -> int:
+        """A slot that no state reads, for the keys of padding rows to be written to. Its block
+        is held for ever and not counted as used."""
+        if not self._scratch:
+            self._scratch = self.allocate(self.block)
+            self.used -= 1
+        return self._scratch * self.block
 
     # -- tensors -----------------------------------------------------------------------------------
 
@@ -300,7 +344,14 @@ class _BlockPool:
         else:
             k[: old_k.shape[0]].copy_(old_k)
             v[: old_v.shape[0]].copy_(old_v)
+            self.generation += 1
         self.keys[layer], self.values[layer] = k, v
+
+    def ensure_all(self) -> None:
+        """Grow every layer's tensors to the capacity (once some forward pass has made them)."""
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            assert k is not None and v is not None
+            self.ensure(layer, k.unsqueeze(0).transpose(1, 2), v.unsqueeze(0).transpose(1, 2))
 
     @property
     def used_bytes(self) -> int:
@@ -419,6 +470,164 @@ def _paged_layer_class() -> type:
     return _PagedLayer
 
 
+# -- fixed-shape decode steps: buckets and CUDA graphs -------------------------------------------
+
+#: row counts that fixed-shape steps are padded to; a step with more rows runs at its own shape
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: the most CUDA graphs a model keeps (beyond them, new shapes run eagerly)
+MAX_GRAPHS = 64
+#: the fewest blocks a pool grows by while CUDA graphs name its tensors: each growth replaces
+#: the tensors, and every graph is captured again
+GRAPH_MIN_GROWTH = 256
+
+
+def row_bucket(rows: int) -> int | None:
+    """The row count a fixed-shape step of `rows` rows is padded to (None: too many rows)."""
+    return next((b for b in ROW_BUCKETS if b >= rows), None)
+
+
+def key_bucket(past: int) -> int:
+    """The number of past positions a fixed-shape step attends to when the longest row has
+    `past` tokens: a power of two from 64 up to 1024, then a multiple of 1024."""
+    if past <= 1024:
+        return max(64, 1 << max(0, past - 1).bit_length())
+    return -(-past // 1024) * 1024
+
+
+class _FixedStep:
+    """A decode step of fixed shape: `rows` rows of one new token each, attending to `keys`
+    past positions and the new token.
+
+    Its inputs live in one device buffer of int64 (`load` fills it), viewed as the token ids,
+    the position ids (= each row's past length), the new tokens' slots, the gather index
+    (`[rows * (keys + 1)]`: column `j < keys` is the slot of position `j` of the row, or the
+    zero slot past the row's end; column `keys` is the new token's slot) and the partial-block
+    copies, padded with copies of the zero slot onto itself. Rows past the real ones are
+    padding: they read only their own new token and write it to the pool's scratch slot.
+
+    `run` does the forward pass eagerly, or replays it as a CUDA graph once `capture` made one:
+    every input is read from the buffer and every write goes to the pool's tensors, so the
+    replay computes for the new inputs what the capture recorded.
+    """
+
+    def __init__(self, lm: HFModel, rows: int, keys: int) -> None:
+        pool = lm._pool
+        assert pool is not None
+        self.lm, self.rows, self.keys = lm, rows, keys
+        self.copies = rows * (pool.block - 1)  # a row copies at most a block's other slots
+        sizes = [rows, rows, rows, rows * (keys + 1), self.copies, self.copies]
+        self.buffer = torch.zeros(sum(sizes), dtype=torch.long, device=lm.device)
+        ids, pos, write, gather, copy_src, copy_dst = self.buffer.split(sizes)
+        self.ids, self.pos = ids.view(rows, 1), pos.view(rows, 1)
+        self.plan = _PagedPlan(pool, rows, keys, 1)
+        self.plan.write, self.plan.gather = write, gather
+        self.plan.copy_src, self.plan.copy_dst = copy_src, copy_dst
+        self.graph: Any = None
+        self.out: torch.Tensor | None = None
+
+    def load(
+        self, states: list[_PagedState], starts: list[int], tokens: list[int], copies: list[int]
+    ) -> None:
+        """Put one step's inputs in the buffer (one transfer): the children's `states`, the
+        rows' past lengths and new tokens, and the slots to copy (sources, then destinations)."""
+        pool = self.lm._pool
+        assert pool is not None
+        size, pad = pool.block, self.rows - len(states)
+        blocks = max(len(st.blocks) for st in states)
+        tables = torch.tensor([st.blocks + [0] * (blocks - len(st.blocks)) for st in states])
+        start = torch.tensor(starts).unsqueeze(1)
+        pos = torch.arange(self.keys).unsqueeze(0)
+        block_of = tables.gather(1, (pos // size).clamp(max=blocks - 1).expand(len(states), -1))
+        past = torch.where(pos < start, block_of * size + pos % size, 0)  # [real rows, keys]
+        write = tables.gather(1, start // size)[:, 0] * size + start[:, 0] % size
+        write = torch.cat([write, torch.full((pad,), pool.scratch_slot())])
+        past = torch.cat([past, torch.zeros(pad, self.keys, dtype=torch.long)])
+        gather = torch.cat([past, write.unsqueeze(1)], 1)
+        half = len(copies) // 2
+        fill = torch.zeros(self.copies - half, dtype=torch.long)
+        flat = torch.cat(
+            [
+                torch.tensor(tokens + [0] * pad),
+                torch.tensor(starts + [0] * pad),
+                write,
+                gather.reshape(-1),
+                torch.tensor(copies[:half], dtype=torch.long),
+                fill,
+                torch.tensor(copies[half:], dtype=torch.long),
+                fill,
+            ]
+        )
+        self.buffer.copy_(flat)
+
+    def forward(self) -> torch.Tensor:
+        """The forward pass on the buffer's inputs: next-token log-probabilities `[rows, vocab]`."""
+        lm = self.lm
+        columns = torch.arange(self.keys + 1, device=self.buffer.device)
+        allowed = (columns < self.pos) | (columns == self.keys)  # [rows, keys + 1]
+        mask = allowed[:, None, None, :]
+        if lm._mask_kind == "additive":
+            dtype = lm.model.dtype
+            zero = torch.zeros((), dtype=dtype, device=mask.device)
+            mask = torch.where(mask, zero, torch.finfo(dtype).min)
+        cache = lm._cache_cls()
+        layer_cls = _paged_layer_class()
+        cache.layers.extend(layer_cls(self.plan, i) for i in range(lm._num_layers))
+        kwargs: dict[str, Any] = {lm._cache_arg: cache}
+        if lm._keep_arg is not None:
+            kwargs[lm._keep_arg] = 1
+        out = lm.model(
+            input_ids=self.ids, position_ids=self.pos, attention_mask=mask, use_cache=True, **kwargs
+        )
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    def run(self, n: int, graphs: bool) -> torch.Tensor:
+        """The log-probabilities of the first `n` rows for the loaded inputs (on the device)."""
+        if self.graph is not None:
+            self.graph.replay()
+            assert self.out is not None
+            return self.out[:n]
+        if graphs and self.lm._graphs_off is None and len(self.lm._steps) <= MAX_GRAPHS:
+            return self.capture(n)
+        return self.forward()[:n]
+
+    def capture(self, n: int) -> torch.Tensor:
+        """Run the step eagerly (the warm-up a capture needs), capture it as a CUDA graph and
+        replay it on the same inputs: the graph is kept only if it gives what the eager run
+        gave. A capture that fails or disagrees turns graphs off for the model, with a warning.
+        Returns the eager run's log-probabilities."""
+        lm = self.lm
+        device = self.buffer.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            eager = self.forward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        if lm._graph_pool is None:
+            lm._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=lm._graph_pool, capture_error_mode="thread_local"):
+                out = self.forward()
+            graph.replay()  # recomputes this step: the same writes, the same values
+            tol = 1e-3 if lm.model.dtype == torch.float32 else 5e-2
+            error = float((out[:n] - eager[:n]).abs().max())
+            if not error <= tol:
+                raise RuntimeError(f"its replay differs from the eager step by {error:.3g}")
+        except Exception as exc:  # the model does something a graph cannot hold
+            lm._graphs_off = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"CUDA graphs are off for {lm._name()}, which now runs eagerly in fixed "
+                f"shapes: capturing a decode step of {self.rows} rows failed ({lm._graphs_off})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            torch.cuda.synchronize(device)
+            return eager[:n]
+        self.graph, self.out = graph, out
+        lm.graphs_captured += 1
+        return eager[:n]
+
+
 # -- transformers cache objects ------------------------------------------------------------------
 
 
@@ -500,7 +709,13 @@ class HFModel(LanguageModel):
     spec: ModelSpec | None = None
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, kv_cache: str = KV_CACHES[0], kv_block: int = KV_BLOCK
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        kv_cache: str = KV_CACHES[0],
+        kv_block: int = KV_BLOCK,
+        step: str = "auto",
     ) -> None:
         super().__init__()
         if kv_cache not in KV_CACHES:
@@ -557,6 +772,17 @@ class HFModel(LanguageModel):
         self._pad_id = 0  # fed in the right-padding of shorter rows; masked, so any id will do
         self.max_length, self.max_length_source = _context_window(text_config, tokenizer)
         self._num_layers = text_config.num_hidden_layers
+        # fixed-shape steps give the attention a 4D mask: a boolean one for SDPA, an additive
+        # one for the eager attention; other attentions (flash, flex) take no 4D mask
+        attention = getattr(config, "_attn_implementation", None) or "eager"
+        self._mask_kind = {"sdpa": "bool", "eager": "additive"}.get(attention)
+        self._steps: dict[tuple[int, int], _FixedStep] = {}  # (rows, keys) -> its step
+        self._steps_generation = -1  # the pool generation that the steps' graphs name
+        self._graph_pool: Any = None  # the memory pool that all the model's graphs share
+        self._graphs_off: str | None = None  # why CUDA graphs were turned off, if they were
+        #: CUDA graphs captured over the model's life
+        self.graphs_captured = 0
+        self.step = step
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -570,6 +796,7 @@ class HFModel(LanguageModel):
         gguf_file: str | None = None,
         kv_cache: str = KV_CACHES[0],
         kv_block: int = KV_BLOCK,
+        step: str = STEPS[0],
         **kwargs: Any,
     ) -> HFModel:
         """Load a causal LM and its tokenizer with transformers.
@@ -582,6 +809,7 @@ class HFModel(LanguageModel):
             gguf_file: a GGUF file in `name_or_path` to load model and tokenizer from.
             kv_cache: how keys and values are kept, "paged" or "batch" (see `HFModel`).
             kv_block: token slots per block of the paged cache.
+            step: how decode steps run, "auto", "eager", "buckets" or "graphs" (`HFModel.step`).
             kwargs: passed to `AutoModelForCausalLM.from_pretrained`; the Hub options among them
                 (revision, token, cache_dir, ...) to the tokenizer too.
 
@@ -616,15 +844,71 @@ class HFModel(LanguageModel):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
-        lm = cls(model, tokenizer, kv_cache=kv_cache, kv_block=kv_block)
+        lm = cls(model, tokenizer, kv_cache=kv_cache, kv_block=kv_block, step=step)
         if all(is_plain(v) for v in options.values()):
             register(
                 lm,
                 ModelSpec(
-                    "hf", name_or_path, dtype, device, options, kv_cache=kv_cache, kv_block=kv_block
+                    "hf",
+                    name_or_path,
+                    dtype,
+                    device,
+                    options,
+                    kv_cache=kv_cache,
+                    kv_block=kv_block,
+                    step=step,
                 ),
             )
         return lm
+
+    # -- how decode steps run --------------------------------------------------------------------
+
+    @property
+    def step(self) -> str:
+        """How decode steps run: "eager", "buckets" or "graphs" (what "auto" resolved to).
+
+        * "eager": every forward pass at its own shape (the default on the CPU, where padding
+          costs arithmetic and compiling does not pay: see `benchmarks/gpu_step.py`);
+        * "buckets": a decode step (every row one new token, none scored) is padded to a row
+          count of `ROW_BUCKETS` and a past length of `key_bucket`, the padding masked, and run
+          eagerly: a run meets a handful of shapes;
+        * "graphs": as "buckets", and each shape is captured once as a CUDA graph and replayed
+          (the default on CUDA): a step costs its kernels, not their launches.
+
+        Prompts and scored rows always run eagerly at their own shape. All give the same
+        log-probabilities, within float rounding. Set it on a model to change it.
+        """
+        return self._step
+
+    @step.setter
+    def step(self, step: str) -> None:
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}: use one of {', '.join(map(repr, STEPS))}")
+        cuda = self.device.type == "cuda"
+        fixed_ok = self._pool is not None and self._mask_kind is not None
+        if step == "auto":
+            step = "graphs" if cuda and fixed_ok else "eager"
+        elif step != "eager" and not fixed_ok:
+            raise ValueError(
+                f"step={step!r} needs the paged KV cache and SDPA or eager attention; this "
+                f"model has kv_cache={self.kv_cache!r} and attention "
+                f"{getattr(self.model.config, '_attn_implementation', None)!r}"
+            )
+        elif step == "graphs" and not cuda:
+            raise ValueError(
+                f"step='graphs' needs a CUDA device; this model is on {self.device} "
+                "(step='buckets' runs the same fixed shapes eagerly)"
+            )
+        self._step = step
+        if self._pool is not None and step == "graphs":
+            self._pool.min_growth = GRAPH_MIN_GROWTH
+        self._steps.clear()
+
+    @property
+    def step_shapes(self) -> list[tuple[int, int]]:
+        """The (rows, past positions) shapes of the fixed-shape steps met since the pool last
+        grew (or the step mode last changed)."""
+        return sorted(self._steps)
 
     # -- the protocol ----------------------------------------------------------------------------
 
@@ -762,6 +1046,14 @@ class HFModel(LanguageModel):
             else:
                 raise TypeError(f"not a state of this HFModel: {parent!r}")
         past = max(starts)
+        if (
+            self._step != "eager"
+            and width == 1
+            and not (score is not None and any(score))
+            and pool.keys
+            and row_bucket(len(parents)) is not None
+        ):
+            return self._forward_fixed(parents, new_tokens, starts)
         # no padding: every row has `past` tokens and gets `width` new ones
         dense = all(s == past for s in starts) and all(m == width for m in lens)
 
@@ -779,17 +1071,11 @@ class HFModel(LanguageModel):
         self._note_kv()
         return states, logprobs, scores
 
-    def _plan(
-        self,
-        parents: list[Any],
-        starts: list[int],
-        lens: list[int],
-        past: int,
-        width: int,
-        dense: bool,
-        device: torch.device,
-    ) -> tuple[list[_PagedState], _PagedPlan]:
-        """The children's states (their blocks allocated) and the plan of the forward pass.
+    def _allocate(
+        self, parents: list[Any], starts: list[int], lens: list[int]
+    ) -> tuple[list[_PagedState], list[int], list[int]]:
+        """The children's states, their blocks allocated, and the slots to copy (source and
+        destination) before the new tokens are written.
 
         A child shares its parent's blocks. The parent's last block, when partial, is shared
         too if no other child has claimed the slots after the parent's end (the child appends
@@ -823,7 +1109,46 @@ class HFModel(LanguageModel):
             while len(table) * size < end:
                 table.append(pool.allocate(min(size, end - len(table) * size)))
             states.append(_PagedState(pool, table, end))
+        return states, copy_src, copy_dst
 
+    def _forward_fixed(
+        self, parents: list[Any], new_tokens: list[list[int]], starts: list[int]
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
+        """`_forward_paged` for a decode step, in the fixed shape of its bucket (`_FixedStep`)."""
+        pool = self._pool
+        assert pool is not None
+        n = len(parents)
+        rows, keys = row_bucket(n), key_bucket(max(starts))
+        assert rows is not None
+        states, copy_src, copy_dst = self._allocate(parents, starts, [1] * n)
+        with torch.inference_mode():
+            pool.ensure_all()  # the tensors at the capacity the allocation may have raised
+            if self._steps_generation != pool.generation:  # new tensors: graphs name the old
+                self._steps.clear()
+                self._steps_generation = pool.generation
+            step = self._steps.get((rows, keys))
+            if step is None:
+                step = self._steps[rows, keys] = _FixedStep(self, rows, keys)
+            step.load(states, starts, [t[0] for t in new_tokens], copy_src + copy_dst)
+            logprobs = step.run(n, self._step == "graphs").cpu()
+        self._note_kv()
+        return states, logprobs, [None] * n
+
+    def _plan(
+        self,
+        parents: list[Any],
+        starts: list[int],
+        lens: list[int],
+        past: int,
+        width: int,
+        dense: bool,
+        device: torch.device,
+    ) -> tuple[list[_PagedState], _PagedPlan]:
+        """The children's states (their blocks allocated) and the plan of the forward pass."""
+        pool = self._pool
+        assert pool is not None
+        size = pool.block
+        states, copy_src, copy_dst = self._allocate(parents, starts, lens)
         # slot of every key position of the attention input: row i holds `past - starts[i]`
         # left-padding positions, its `starts[i] + lens[i]` tokens, then right-padding
         blocks = max(len(s.blocks) for s in states)
@@ -1011,6 +1336,9 @@ class HFModel(LanguageModel):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _name(self) -> str:
+        if self.spec is not None and self.spec.kind == "embedded":
+            # not the path of the file it was read from, which says where ppl is installed
+            return "embedded SmolLM2-135M-Instruct"
         return str(getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__)
 
     def __repr__(self) -> str:

@@ -44,6 +44,8 @@ KINDS = ("embedded", "hf")
 KV_CACHES = ("paged", "batch")
 #: token slots per block of the paged KV cache, by default
 KV_BLOCK = 16
+#: how an `HFModel` runs its decode steps (`HFModel(..., step=...)`); the first is the default
+STEPS = ("auto", "eager", "buckets", "graphs")
 FORMS = '"embedded" or "hf:NAME_OR_PATH" (a HuggingFace model id or a local directory)'
 _SECRET_OPTIONS = frozenset({"token", "use_auth_token"})
 
@@ -75,6 +77,7 @@ class ModelSpec:
         options: extra keyword arguments of `from_pretrained` as sorted (key, value) pairs.
         kv_cache: "paged" (the default) or "batch": how the model keeps keys and values.
         kv_block: token slots per block of the paged cache (default 16).
+        step: how decode steps run: "auto" (the default), "eager", "buckets" or "graphs".
 
     Direct construction normalises as `spec(...)` does: torch dtypes and devices become their
     names, `options` may be given as a mapping.
@@ -87,6 +90,7 @@ class ModelSpec:
     options: tuple[tuple[str, Any], ...] = ()
     kv_cache: str = KV_CACHES[0]
     kv_block: int = KV_BLOCK
+    step: str = STEPS[0]
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -116,6 +120,10 @@ class ModelSpec:
             or self.kv_block < 1
         ):
             raise ValueError(f"kv_block must be a positive number of tokens, got {self.kv_block!r}")
+        if self.step not in STEPS:
+            raise ValueError(
+                f"unknown step {self.step!r}: use one of {', '.join(map(repr, STEPS))}"
+            )
         options = _sorted_options(self.options)
         if self.kind == "embedded" and options:
             raise ValueError(
@@ -213,6 +221,7 @@ class ModelSpec:
             for k, v, default in (
                 ("kv_cache", self.kv_cache, KV_CACHES[0]),
                 ("kv_block", self.kv_block, KV_BLOCK),
+                ("step", self.step, STEPS[0]),
             )
             if v != default
         ]
@@ -226,12 +235,13 @@ def spec(
     device: str | torch.device | None = None,
     kv_cache: str = KV_CACHES[0],
     kv_block: int = KV_BLOCK,
+    step: str = STEPS[0],
     **options: Any,
 ) -> ModelSpec:
     """A `ModelSpec`: `spec("embedded")` or `spec("hf", name_or_path, **from_pretrained_kwargs)`.
 
-    `kv_cache` and `kv_block` choose the model's KV cache (`HFModel`); the other keywords are
-    options of `from_pretrained`.
+    `kv_cache` and `kv_block` choose the model's KV cache and `step` how its decode steps run
+    (`HFModel`); the other keywords are options of `from_pretrained`.
 
     >>> s = spec("hf", "HuggingFaceTB/SmolLM2-360M-Instruct", dtype="bfloat16", revision="main")
     >>> str(s), s.options
@@ -248,6 +258,7 @@ def spec(
         tuple(options.items()),
         kv_cache=kv_cache,
         kv_block=kv_block,
+        step=step,
     )
 
 

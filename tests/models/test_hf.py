@@ -14,7 +14,7 @@ import weakref
 import pytest
 import torch
 
-from ppl.models.hf import HFModel, token_bytes_of
+from ppl.models.hf import HFModel, key_bucket, row_bucket, token_bytes_of
 
 CORPUS = [
     "the cat sat on the mat and the dog sat on the log",
@@ -73,16 +73,24 @@ def tiny_lm():
     return HFModel(LlamaForCausalLM(config), tokenizer)
 
 
-#: the KV caches under test: (kv_cache, kv_block); small blocks make short prompts span several
-KV_CACHES = [("paged", 4), ("paged", 16), ("batch", 16)]
-KV_IDS = ["paged4", "paged16", "batch"]
+#: the KV caches under test: (kv_cache, kv_block, step); small blocks make short prompts span
+#: several; "buckets" runs decode steps in the fixed shapes that CUDA graphs replay
+KV_CACHES = [
+    ("paged", 4, "eager"),
+    ("paged", 16, "eager"),
+    ("paged", 4, "buckets"),
+    ("batch", 16, "eager"),
+]
+KV_IDS = ["paged4", "paged16", "paged4-buckets", "batch"]
 
 
 @pytest.fixture(params=KV_CACHES, ids=KV_IDS)
 def kv_lm(request, tiny_lm):
     """`tiny_lm`'s weights behind each KV cache (a new model per test: its own cache)."""
-    kv_cache, kv_block = request.param
-    return HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache=kv_cache, kv_block=kv_block)
+    kv_cache, kv_block, step = request.param
+    return HFModel(
+        tiny_lm.model, tiny_lm.tokenizer, kv_cache=kv_cache, kv_block=kv_block, step=step
+    )
 
 
 def paged_lm(tiny_lm, kv_block: int = 4) -> HFModel:
@@ -164,7 +172,10 @@ class Checker:
         assert lm.tokens_fed - fed_before == sum(len(new) for _, new in items)
         assert len(self.recorder.calls) == calls_before + 1
         self.last_call = self.recorder.calls[-1]
-        assert self.last_call["shape"] == (len(items), max(len(n) for _, n in items))
+        width = max(len(n) for _, n in items)
+        self.fixed = lm.step != "eager" and width == 1
+        rows = row_bucket(len(items)) if self.fixed else len(items)
+        assert self.last_call["shape"] == (rows, width)
         seqs = [(node[1] if node is not None else []) + list(new) for node, new in items]
         expected = reference_logprobs_many(lm, seqs)
         for ids, row, ref in zip(seqs, logprobs, expected, strict=True):
@@ -174,7 +185,8 @@ class Checker:
         return list(zip(states, seqs, strict=True))
 
     def last_call_masked(self) -> bool:
-        return self.last_call["mask"]
+        """Whether the last forward had a mask: always, for a fixed-shape step."""
+        return self.last_call["mask"] or self.fixed
 
 
 def check_kv_exactness(lm: HFModel, text_a: str, text_b: str) -> None:
@@ -188,14 +200,15 @@ def check_kv_exactness(lm: HFModel, text_a: str, text_b: str) -> None:
         # the prompt alone: an empty past, no padding, no mask
         (root,) = check.extend([(None, a)])
         assert not check.last_call_masked()
+        eager = lm.step == "eager"
         # a fork: two children of one parent
         c1, c2 = check.extend([(root, [t[0]]), (root, [t[1]])])
         # the common step: all rows of one unpadded group, in order, one token each
         d1, d2 = check.extend([(c1, [t[2]]), (c2, [t[3]])])
-        assert not check.last_call_masked()
+        assert check.last_call_masked() != eager
         # rows out of order, one repeated (resampling)
         e1, e2, e3 = check.extend([(d2, [t[4]]), (d1, [t[5]]), (d2, [t[6]])])
-        assert not check.last_call_masked()
+        assert check.last_call_masked() != eager
         # several sequences from scratch with different lengths
         x, y = check.extend([(None, b), (None, b[:3])])
         # parents from different groups, a None parent and different numbers of new tokens
@@ -236,15 +249,61 @@ def test_kv_exactness_tiny_all_logits(kv_lm):
     check_kv_exactness(kv_lm, "the dog sat", "naïve façade")
 
 
+CUDA_CASES = [*KV_CACHES, ("paged", 4, "graphs"), ("paged", 16, "graphs")]
+CUDA_IDS = [*KV_IDS, "paged4-graphs", "paged16-graphs"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kv", KV_CACHES, ids=KV_IDS)
+@pytest.mark.parametrize("kv", CUDA_CASES, ids=CUDA_IDS)
 def test_kv_exactness_tiny_cuda(tiny_lm, dtype, kv):
     model = copy.deepcopy(tiny_lm.model).to("cuda", dtype)
-    lm = HFModel(model, tiny_lm.tokenizer, kv_cache=kv[0], kv_block=kv[1])
+    lm = HFModel(model, tiny_lm.tokenizer, kv_cache=kv[0], kv_block=kv[1], step=kv[2])
     assert lm.device.type == "cuda"
     check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+    if kv[2] == "graphs":  # the fixed steps were captured and replayed, not run eagerly
+        assert lm._graphs_off is None and lm.graphs_captured >= 3
+        check_kv_exactness(lm, "the dog sat", "naïve façade")  # replays the same shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphs_are_the_cuda_default_and_replay(tiny_lm):
+    """On CUDA decode steps are CUDA graphs: a run of SMC captures a handful of shapes, then
+    replays them, and gives what the eager path gives."""
+    import ppl
+
+    model = copy.deepcopy(tiny_lm.model).to("cuda")
+    graphs = HFModel(model, tiny_lm.tokenizer)
+    eager = HFModel(model, tiny_lm.tokenizer, step="eager")
+    assert graphs.step == "graphs" and eager.step == "eager"
+    runs = {}
+    for lm in (graphs, eager):
+        runs[lm.step] = ppl.smc(chain_of(lm, True), 20, particles=16, seed=4, progress=False)
+    assert 0 < graphs.graphs_captured <= 2 * len(graphs.step_shapes) <= 16
+    assert graphs._graphs_off is None
+    a, b = runs["graphs"], runs["eager"]
+    assert a.log_evidence == pytest.approx(b.log_evidence, abs=1e-3)
+    assert [tuple(v) for v in a.values] == [tuple(v) for v in b.values]
+
+
+def chain_of(lm: HFModel, uneven: bool = False):
+    """A program that samples `steps` tokens after a short prompt; `uneven` weighs each token
+    by its id modulo 4, so that SMC resamples (and forks contexts) at most steps."""
+    import ppl
+
+    @ppl.program
+    def chain(steps):
+        ctx = lm.context("the cat")
+        for _ in range(steps):
+            token = ppl.sample(ctx.next_token())
+            if uneven:
+                ppl.factor(-0.7 * (int(token) % 4))
+            ctx = ctx + token
+        return ctx.tokens
+
+    return chain
 
 
 def test_tiny_model_is_sensitive(tiny_lm):
@@ -421,6 +480,11 @@ def test_embedded_token_bytes_round_trip(embedded_lm):
 
 
 @pytest.mark.slow
+def test_embedded_repr_names_the_model_not_its_file(embedded_lm):
+    assert repr(embedded_lm).startswith("HFModel('embedded SmolLM2-135M-Instruct', ")
+    assert ".gguf" not in repr(embedded_lm) and "/" not in repr(embedded_lm)
+
+
 def test_embedded_load_is_cached(embedded_lm):
     import ppl.models
 
@@ -578,13 +642,15 @@ def check_pool(lm: HFModel, live: list) -> None:
         for b in state.blocks:
             counts[b] += 1
     counts[0] = 1  # the zero block is held for ever
+    if pool._scratch:  # so is the scratch block of fixed-shape steps, not counted as used
+        counts[pool._scratch] = 1
     assert pool.refs == counts
     assert min(pool.refs) >= 0
     assert sorted(pool.free) == [b for b in range(1, pool.capacity) if counts[b] == 0]
     assert (
         lm.kv_bytes
         == pool.used * block_bytes(lm)
-        == (pool.capacity - 1 - len(pool.free)) * (block_bytes(lm))
+        == (pool.capacity - 1 - bool(pool._scratch) - len(pool.free)) * (block_bytes(lm))
     )
     assert lm.kv_reserved_bytes >= pool.capacity * block_bytes(lm)
     for state in live:  # a table covers the state's tokens, no more
@@ -639,14 +705,7 @@ def test_paged_blocks_are_freed_and_reused(tiny_lm):
     lm = paged_lm(tiny_lm, kv_block=4)
     gc.collect()
     base = lm.kv_bytes
-
-    @ppl.program
-    def chain(steps):
-        ctx = lm.context("the cat")
-        for _ in range(steps):
-            ctx = ctx + ppl.sample(ctx.next_token())
-        return ctx.tokens
-
+    chain = chain_of(lm)
     reserved = []
     for seed in range(3):
         post = ppl.smc(chain, 12, particles=8, seed=seed, progress=False)
@@ -659,9 +718,13 @@ def test_paged_blocks_are_freed_and_reused(tiny_lm):
     check_pool(lm, [])
 
 
-def test_paged_refcounts_under_random_forks(tiny_lm):
-    """A random tree of forks, extensions and deaths: every row exact, the pool consistent."""
+@pytest.mark.parametrize("step", ["eager", "buckets"])
+def test_paged_refcounts_under_random_forks(tiny_lm, step):
+    """A random tree of forks, extensions and deaths: every row exact, the pool consistent.
+    With "buckets", every other round is a decode step (one token per row, no fresh row),
+    run in a padded fixed shape."""
     lm = paged_lm(tiny_lm, kv_block=4)
+    lm.step = step
     check = Checker(lm)
     gen = torch.Generator().manual_seed(3)
 
@@ -670,12 +733,13 @@ def test_paged_refcounts_under_random_forks(tiny_lm):
 
     try:
         nodes = check.extend([(None, lm.encode("the cat sat")), (None, lm.encode("a"))])
-        for _ in range(12):
+        for round_ in range(12 if step == "eager" else 24):
+            decode = step == "buckets" and round_ % 2 == 1
             k = int(torch.randint(1, 7, (1,), generator=gen))
             items = []
             for _ in range(k):
-                pick = int(torch.randint(-1, len(nodes), (1,), generator=gen))
-                width = int(torch.randint(1, 4, (1,), generator=gen))
+                pick = int(torch.randint(0 if decode else -1, len(nodes), (1,), generator=gen))
+                width = 1 if decode else int(torch.randint(1, 4, (1,), generator=gen))
                 parent = None if pick < 0 else nodes[pick]
                 items.append((parent, rand(width + (2 if parent is None else 0))))
             nodes += check.extend(items)
@@ -687,6 +751,8 @@ def test_paged_refcounts_under_random_forks(tiny_lm):
     finally:
         check.recorder.close()
     assert lm._pool.capacity >= 1 + 16 + 16  # it grew (tensors copied) on the way
+    if step == "buckets":
+        assert lm.step_shapes and all(keys == 64 for _, keys in lm.step_shapes)
     del nodes
     check_pool(lm, [])
     assert lm.kv_bytes == 0
@@ -812,3 +878,60 @@ def test_paged_kv_bytes_and_peak(tiny_lm):
     del root
     gc.collect()
     assert lm.kv_bytes == 0
+
+
+# -- fixed-shape steps ---------------------------------------------------------------------------
+
+
+def test_step_modes(tiny_lm):
+    """`step` says how decode steps run; "auto" is eager on the CPU, and modes that cannot work
+    on this model say why."""
+    assert tiny_lm.step == "eager"  # "auto" on the CPU
+    lm = paged_lm(tiny_lm)
+    lm.step = "buckets"
+    assert lm.step == "buckets"
+    with pytest.raises(ValueError, match="unknown step 'fast'"):
+        lm.step = "fast"
+    with pytest.raises(ValueError, match="needs a CUDA device.*step='buckets'"):
+        HFModel(tiny_lm.model, tiny_lm.tokenizer, step="graphs")
+    with pytest.raises(ValueError, match="needs the paged KV cache"):
+        HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache="batch", step="buckets")
+    assert HFModel(tiny_lm.model, tiny_lm.tokenizer, kv_cache="batch").step == "eager"
+
+
+def test_buckets():
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 16, 17, 100, 512)] == [1, 2, 4, 8, 16, 32, 128, 512]
+    assert row_bucket(513) is None  # runs at its own shape
+    assert [key_bucket(p) for p in (0, 1, 64, 65, 200, 1024, 1025, 5000)] == [
+        64,
+        64,
+        64,
+        128,
+        256,
+        1024,
+        2048,
+        5120,
+    ]
+
+
+def test_buckets_run_smc_as_eager_does(tiny_lm):
+    """SMC with decode steps in fixed shapes gives the eager run's answer, meets a handful of
+    shapes, and feeds the same tokens."""
+    import ppl
+
+    runs, fed, lms = {}, {}, {}
+    for step in ("eager", "buckets"):
+        lm = lms[step] = paged_lm(tiny_lm, kv_block=4)
+        lm.step = step
+        lm.reset_counters()
+        runs[step] = ppl.smc(chain_of(lm, True), 70, particles=12, seed=2, progress=False)
+        fed[step] = lm.tokens_fed
+    a, b = runs["buckets"], runs["eager"]
+    assert len(b.resampled) >= 20 and a.resampled == b.resampled
+    assert a.log_evidence == pytest.approx(b.log_evidence, abs=1e-4)
+    assert [tuple(v) for v in a.values] == [tuple(v) for v in b.values]
+    assert fed["buckets"] == fed["eager"]
+    # 3 past lengths (64, 128 past 64 tokens) by few row counts, far fewer than the 70 steps
+    shapes = lms["buckets"].step_shapes
+    assert {keys for _, keys in shapes} <= {64, 128} and len(shapes) <= 8
+    assert {rows for rows, _ in shapes} <= {1, 2, 4, 8, 16}

@@ -246,6 +246,13 @@ def test_kv_cache_options_travel_with_the_spec(tiny_dir):
         spec("hf", "gpt2", kv_cache="dense")
     with pytest.raises(ValueError, match="kv_block must be a positive number"):
         spec("embedded", kv_block=0)
+    with pytest.raises(ValueError, match="unknown step 'fast'"):
+        spec("embedded", step="fast")
+    eager = spec("hf", tiny_dir, dtype="float32", device="cpu", step="eager")
+    assert "step='eager'" in repr(eager) and str(eager).endswith("step=eager)")
+    assert eager.build().step == "eager"
+    buckets = HFModel.from_pretrained(tiny_dir, device="cpu", dtype="float32", step="buckets")
+    assert buckets.step == "buckets" and buckets.spec.step == "buckets"
 
 
 # -- the embedded model --------------------------------------------------------------------------
