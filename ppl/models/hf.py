@@ -868,7 +868,7 @@ class HFModel(LanguageModel):
         """How decode steps run: "eager", "buckets" or "graphs" (what "auto" resolved to).
 
         * "eager": every forward pass at its own shape (the default on the CPU, where padding
-          costs arithmetic and compiling does not pay: see `benchmarks/gpu_step.py`);
+          costs arithmetic and compiling does not pay: see `benchmarks/step_modes.py`);
         * "buckets": a decode step (every row one new token, none scored) is padded to a row
           count of `ROW_BUCKETS` and a past length of `key_bucket`, the padding masked, and run
           eagerly: a run meets a handful of shapes;

@@ -13,8 +13,9 @@ import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ppl.models.hf import HFModel, key_bucket, row_bucket, token_bytes_of
+from ppl.models.hf import GRAPH_MIN_GROWTH, HFModel, key_bucket, row_bucket, token_bytes_of
 
 CORPUS = [
     "the cat sat on the mat and the dog sat on the log",
@@ -170,11 +171,16 @@ class Checker:
         assert logprobs.dtype == torch.float32 and logprobs.device.type == "cpu"
         # one forward, fed the new tokens only (right-padded to the longest row)
         assert lm.tokens_fed - fed_before == sum(len(new) for _, new in items)
-        assert len(self.recorder.calls) == calls_before + 1
-        self.last_call = self.recorder.calls[-1]
         width = max(len(n) for _, n in items)
         self.fixed = lm.step != "eager" and width == 1
         rows = row_bucket(len(items)) if self.fixed else len(items)
+        calls = len(self.recorder.calls) - calls_before
+        if self.fixed and lm.step == "graphs":  # captured (an eager run, then the capture)
+            # or replayed, which calls no Python; with graphs off, an eager run
+            assert calls in ((1, 2) if lm._graphs_off else (0, 2))
+        else:
+            assert calls == 1
+        self.last_call = self.recorder.calls[-1] if calls else {"shape": (rows, 1), "mask": True}
         assert self.last_call["shape"] == (rows, width)
         seqs = [(node[1] if node is not None else []) + list(new) for node, new in items]
         expected = reference_logprobs_many(lm, seqs)
@@ -935,3 +941,142 @@ def test_buckets_run_smc_as_eager_does(tiny_lm):
     shapes = lms["buckets"].step_shapes
     assert {keys for _, keys in shapes} <= {64, 128} and len(shapes) <= 8
     assert {rows for rows, _ in shapes} <= {1, 2, 4, 8, 16}
+
+
+# -- CUDA graphs, simulated on the CPU -----------------------------------------------------------
+
+
+class _Recorder(TorchDispatchMode):
+    """Records every tensor operation run under it, as a CUDA graph capture does, and refuses
+    what a capture refuses: reading a tensor's value on the host."""
+
+    def __init__(self, fail_on: str | None = None):
+        super().__init__()
+        self.ops: list = []
+        self.fail_on = fail_on
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        if self.fail_on is not None and self.fail_on in str(func):
+            raise RuntimeError(f"operation not permitted when stream is capturing ({func})")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
+class FakeCUDA:
+    """`torch.cuda`'s graph API on the CPU, with CUDA graph semantics: a capture records the
+    tensor operations (with the tensors they read and wrote); a replay runs the same
+    operations on the same tensors again, writing every result into the tensor the capture
+    produced, and runs none of the Python that issued them. A step that baked an input into
+    Python, or read a value on the host, gives wrong answers or fails here as on a GPU."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.fail_on = fail_on
+        self.captures = self.replays = 0
+        fake = self
+
+        class Graph:
+            def __init__(self):
+                self.ops = []
+
+            def replay(self):
+                from torch.utils._pytree import tree_flatten
+
+                fake.replays += 1
+                for func, args, kwargs, out in self.ops:
+                    result = func(*args, **kwargs)
+                    for old, new in zip(tree_flatten(out)[0], tree_flatten(result)[0]):
+                        if isinstance(old, torch.Tensor) and old is not new:
+                            old.copy_(new)
+
+        class Capture:
+            def __init__(self, graph, pool=None, capture_error_mode="global"):
+                self.graph = graph
+                self.mode = _Recorder(fake.fail_on)
+
+            def __enter__(self):
+                fake.captures += 1
+                self.mode.__enter__()
+
+            def __exit__(self, *exc):
+                self.mode.__exit__(*exc)
+                self.graph.ops = self.mode.ops
+                return False
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        self.CUDAGraph, self.graph, self.Stream = Graph, Capture, Stream
+
+    def install(self, monkeypatch, lm: HFModel, min_growth: int = GRAPH_MIN_GROWTH) -> None:
+        import contextlib
+
+        for name in ("CUDAGraph", "graph", "Stream"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.Stream())
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        lm._step = "graphs"  # what the setter allows on CUDA only, where it also sets
+        lm._pool.min_growth = min_growth  # this
+
+
+def test_simulated_graphs_replay_exactly(tiny_lm, monkeypatch):
+    """Each fixed shape is captured once and replayed after: every replayed step is exact,
+    though the replay runs only the recorded tensor operations on the step's new inputs."""
+    lm = paged_lm(tiny_lm, kv_block=4)
+    cuda = FakeCUDA()
+    cuda.install(monkeypatch, lm)
+    check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+    assert lm._graphs_off is None
+    assert lm.graphs_captured == cuda.captures == len(lm.step_shapes) == 3
+    assert cuda.replays == 3 + 2  # a check replay per capture, then two steps replayed
+    check_kv_exactness(lm, "the dog sat", "naïve façade")  # the same shapes: replays only
+    assert lm.graphs_captured == 3 and cuda.replays == 5 + 5  # its 5 decode steps
+
+
+def test_simulated_graphs_under_random_forks_and_pool_growth(tiny_lm, monkeypatch):
+    """Replayed graphs stay exact through forks, deaths and copies on write, and are captured
+    again when the pool grows (its tensors are new, the old graphs named the old ones)."""
+    cuda = FakeCUDA()
+    lm = paged_lm(tiny_lm, kv_block=4)
+    cuda.install(monkeypatch, lm, min_growth=16)  # growing often
+    check = Checker(lm)
+    gen = torch.Generator().manual_seed(5)
+    try:
+        nodes = check.extend([(None, lm.encode("the cat sat")), (None, lm.encode("a dog"))])
+        generations = set()
+        for _ in range(40):
+            items = []
+            for _ in range(int(torch.randint(1, 7, (1,), generator=gen))):
+                pick = int(torch.randint(0, len(nodes), (1,), generator=gen))
+                items.append((nodes[pick], [int(torch.randint(20, 300, (1,), generator=gen))]))
+            nodes += check.extend(items)
+            del items
+            generations.add(lm._pool.generation)
+            keep = torch.rand(len(nodes), generator=gen) < 0.6
+            nodes = [node for node, alive in zip(nodes, keep.tolist()) if alive] or nodes[-1:]
+            check_pool(lm, [state for state, _ in nodes])
+    finally:
+        check.recorder.close()
+    assert len(generations) >= 2  # the pool grew while graphs were in use
+    assert lm._graphs_off is None and lm.graphs_captured > len(lm.step_shapes)
+    assert cuda.replays > 2 * lm.graphs_captured  # most steps were replays
+
+
+def test_simulated_graph_capture_failure_falls_back(tiny_lm, monkeypatch):
+    """A model whose step cannot be captured warns once, says why, and runs on eagerly in
+    fixed shapes with the same answers."""
+    lm = paged_lm(tiny_lm, kv_block=4)
+    FakeCUDA(fail_on="index_select").install(monkeypatch, lm)
+    with pytest.warns(RuntimeWarning, match="CUDA graphs are off.*not permitted"):
+        check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+    assert "index_select" in lm._graphs_off and lm.graphs_captured == 0
+    check_kv_exactness(lm, "the dog sat", "naïve façade")  # no second warning (error filter)
