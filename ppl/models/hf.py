@@ -526,10 +526,16 @@ class _FixedStep:
         self.out: torch.Tensor | None = None
 
     def load(
-        self, states: list[_PagedState], starts: list[int], tokens: list[int], copies: list[int]
+        self,
+        states: list[_PagedState],
+        starts: list[int],
+        tokens: list[int],
+        copies: list[int],
+        scratch: int,
     ) -> None:
         """Put one step's inputs in the buffer (one transfer): the children's `states`, the
-        rows' past lengths and new tokens, and the slots to copy (sources, then destinations)."""
+        rows' past lengths and new tokens, the slots to copy (sources, then destinations) and
+        the slot that padding rows write to."""
         pool = self.lm._pool
         assert pool is not None
         size, pad = pool.block, self.rows - len(states)
@@ -540,7 +546,7 @@ class _FixedStep:
         block_of = tables.gather(1, (pos // size).clamp(max=blocks - 1).expand(len(states), -1))
         past = torch.where(pos < start, block_of * size + pos % size, 0)  # [real rows, keys]
         write = tables.gather(1, start // size)[:, 0] * size + start[:, 0] % size
-        write = torch.cat([write, torch.full((pad,), pool.scratch_slot())])
+        write = torch.cat([write, torch.full((pad,), scratch)])
         past = torch.cat([past, torch.zeros(pad, self.keys, dtype=torch.long)])
         gather = torch.cat([past, write.unsqueeze(1)], 1)
         half = len(copies) // 2
@@ -1121,6 +1127,8 @@ class HFModel(LanguageModel):
         rows, keys = row_bucket(n), key_bucket(max(starts))
         assert rows is not None
         states, copy_src, copy_dst = self._allocate(parents, starts, [1] * n)
+        # padding rows' slot, allocated (once) before the tensors are sized for the step
+        scratch = pool.scratch_slot() if rows > n else 0
         with torch.inference_mode():
             pool.ensure_all()  # the tensors at the capacity the allocation may have raised
             if self._steps_generation != pool.generation:  # new tensors: graphs name the old
@@ -1129,7 +1137,7 @@ class HFModel(LanguageModel):
             step = self._steps.get((rows, keys))
             if step is None:
                 step = self._steps[rows, keys] = _FixedStep(self, rows, keys)
-            step.load(states, starts, [t[0] for t in new_tokens], copy_src + copy_dst)
+            step.load(states, starts, [t[0] for t in new_tokens], copy_src + copy_dst, scratch)
             logprobs = step.run(n, self._step == "graphs").cpu()
         self._note_kv()
         return states, logprobs, [None] * n

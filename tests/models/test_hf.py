@@ -1080,3 +1080,24 @@ def test_simulated_graph_capture_failure_falls_back(tiny_lm, monkeypatch):
         check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
     assert "index_select" in lm._graphs_off and lm.graphs_captured == 0
     check_kv_exactness(lm, "the dog sat", "naïve façade")  # no second warning (error filter)
+
+
+def test_fixed_step_with_padding_when_no_block_is_free(tiny_lm, monkeypatch):
+    """The scratch block that padding rows write to is allocated before the pool's tensors are
+    sized for the step, even when taking it grows the pool: a graph captured before must not
+    be replayed on the old tensors with the new block's slot (out of their range)."""
+    lm = paged_lm(tiny_lm, kv_block=4)
+    FakeCUDA().install(monkeypatch, lm, min_growth=16)
+    roots, _ = lm.extend([None] * 4, [[5], [7], [8, 9], [14]])  # one partial block each
+    kids, _ = lm.extend(roots, [[11], [12], [13], [15]])  # appended in place; (4, 64) captured
+    pool = lm._pool
+    held = [pool.allocate(4) for _ in range(len(pool.free))]  # no block is free
+    capacity = pool.capacity
+    assert not pool._scratch
+    _, logprobs = lm.extend(kids[:3], [[16], [17], [18]])  # in place again; a 4th row pads
+    assert pool.capacity > capacity and pool._scratch in range(capacity, pool.capacity)
+    expected = reference_logprobs_many(lm, [[5, 11, 16], [7, 12, 17], [8, 9, 13, 18]])
+    for row, ref in zip(logprobs, expected, strict=True):
+        assert torch.allclose(row, ref, **tolerance(lm))
+    assert lm.graphs_captured == 2  # captured again for the grown pool
+    del held
