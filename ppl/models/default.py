@@ -23,6 +23,7 @@ from ppl.models.spec import (
     KV_CACHES,
     STEPS,
     ModelSpec,
+    check_cache_options,
     register,
     resolve_device,
     resolve_dtype,
@@ -69,6 +70,7 @@ def load(
     `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both resolved, and it pickles
     as that.
     """
+    check_cache_options(kv_cache, kv_block, step)  # before the weights are loaded
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     key = (str(device), str(dtype), kv_cache, kv_block, step)

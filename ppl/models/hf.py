@@ -106,6 +106,7 @@ from ppl.models.spec import (
     STEPS,
     ModelSpec,
     _build_spec,
+    check_cache_options,
     is_plain,
     register,
 )
@@ -724,10 +725,7 @@ class HFModel(LanguageModel):
         step: str = "auto",
     ) -> None:
         super().__init__()
-        if kv_cache not in KV_CACHES:
-            raise ValueError(f"unknown kv_cache {kv_cache!r}: use one of {', '.join(KV_CACHES)}")
-        if isinstance(kv_block, bool) or not isinstance(kv_block, int) or kv_block < 1:
-            raise ValueError(f"kv_block must be a positive number of tokens, got {kv_block!r}")
+        check_cache_options(kv_cache, kv_block, step)
         self._groups: weakref.WeakSet[_KVGroup] = weakref.WeakSet()  # batches still in use
         from transformers import DynamicCache
 
@@ -825,6 +823,7 @@ class HFModel(LanguageModel):
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_cache_options(kv_cache, kv_block, step)  # before the weights are loaded
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         options = dict(kwargs)  # before the dtype and gguf_file keys below are added

@@ -65,6 +65,19 @@ _build_lock = threading.Lock()
 _alive_lock = threading.Lock()
 
 
+def check_cache_options(kv_cache: str, kv_block: int, step: str) -> None:
+    """Raise ValueError for a `kv_cache`, `kv_block` or `step` that no model takes (checked
+    before any weights are loaded)."""
+    if kv_cache not in KV_CACHES:
+        raise ValueError(
+            f"unknown kv_cache {kv_cache!r}: use one of {', '.join(map(repr, KV_CACHES))}"
+        )
+    if isinstance(kv_block, bool) or not isinstance(kv_block, int) or kv_block < 1:
+        raise ValueError(f"kv_block must be a positive number of tokens, got {kv_block!r}")
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}: use one of {', '.join(map(repr, STEPS))}")
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class ModelSpec:
     """How to build a language model: frozen, hashable, picklable.
@@ -110,20 +123,7 @@ class ModelSpec:
                 f'the "embedded" model takes no name (got {name!r}); for another model use '
                 f'spec("hf", "{name}")'
             )
-        if self.kv_cache not in KV_CACHES:
-            raise ValueError(
-                f"unknown kv_cache {self.kv_cache!r}: use one of {', '.join(map(repr, KV_CACHES))}"
-            )
-        if (
-            isinstance(self.kv_block, bool)
-            or not isinstance(self.kv_block, int)
-            or self.kv_block < 1
-        ):
-            raise ValueError(f"kv_block must be a positive number of tokens, got {self.kv_block!r}")
-        if self.step not in STEPS:
-            raise ValueError(
-                f"unknown step {self.step!r}: use one of {', '.join(map(repr, STEPS))}"
-            )
+        check_cache_options(self.kv_cache, self.kv_block, self.step)
         options = _sorted_options(self.options)
         if self.kind == "embedded" and options:
             raise ValueError(

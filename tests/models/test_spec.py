@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 
+import ppl.models
 from ppl.models import ModelSpec, spec
 from ppl.models.hf import HFModel
 from tests.models.test_hf import tiny_tokenizer
@@ -229,7 +230,7 @@ def test_unpickling_in_another_process_builds_the_same_model(tiny_dir, tmp_path)
     assert torch.allclose(torch.tensor(json.loads(out[1])), expected[0], atol=1e-5)
 
 
-def test_kv_cache_options_travel_with_the_spec(tiny_dir):
+def test_kv_cache_options_travel_with_the_spec(tiny_dir, tmp_path):
     s = spec("hf", tiny_dir, dtype="float32", device="cpu", kv_cache="batch", kv_block=8)
     assert s != spec("hf", tiny_dir, dtype="float32", device="cpu")
     assert s.options == () and (s.kv_cache, s.kv_block) == ("batch", 8)
@@ -248,6 +249,11 @@ def test_kv_cache_options_travel_with_the_spec(tiny_dir):
         spec("embedded", kv_block=0)
     with pytest.raises(ValueError, match="unknown step 'fast'"):
         spec("embedded", step="fast")
+    # refused before any weights are read: a path that does not exist is never looked at
+    with pytest.raises(ValueError, match="unknown step 'fast'"):
+        ppl.models.load(step="fast")
+    with pytest.raises(ValueError, match="kv_block must be a positive number"):
+        HFModel.from_pretrained(str(tmp_path / "nowhere"), kv_block=-1)
     eager = spec("hf", tiny_dir, dtype="float32", device="cpu", step="eager")
     assert "step='eager'" in repr(eager) and str(eager).endswith("step=eager)")
     assert eager.build().step == "eager"
