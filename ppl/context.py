@@ -285,22 +285,48 @@ def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(rows))
 
 
+#: tokens per block of the two-level draw of `draw_rows`
+DRAW_BLOCK = 256
+
+
 def draw_rows(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One index per row of `probs` (`[n, V]`, non-negative, unnormalised), drawn in proportion
     to the row, and the rows' totals (float64).
 
-    Inverse-CDF sampling on a float64 running sum c: index i is drawn when v = u * total (u
-    uniform on [0, 1), v kept below the total) falls in [c_{i-1}, c_i), an interval of width
-    probs[i], so an index of zero weight is never drawn. A row that sums to zero gets an
-    arbitrary index; callers check the total. (Several times faster than `torch.multinomial` on
-    vocabulary-sized rows, which dominated the time of a step's draws.)
+    Inverse-CDF sampling in two levels: a block of `DRAW_BLOCK` indices is drawn from the
+    blocks' sums, then an index from the float64 running sum within that block. At each level a
+    value v = u * total (u uniform on [0, 1), v kept below the total) selects the interval
+    [c_{i-1}, c_i) it falls in, of width equal to the weight of block or index i, so neither a
+    block nor an index of zero weight is ever drawn, and the chance of index i is its weight
+    over the row's total up to the rounding of a block's sum in the rows' dtype (a relative
+    error of about 1e-7 in float32, the precision the weights themselves were given in). A
+    row that sums to zero gets an arbitrary index; callers check the total.
+
+    A float64 running sum over whole vocabulary-sized rows took 4-25 ms for 64 rows of 49,152
+    (much of it making and freeing the float64 temporary); this takes about 1 ms.
+    `torch.multinomial` was slower still.
     """
-    cdf = probs.cumsum(1, dtype=torch.float64)
+    probs = probs.contiguous()
+    n, vocab = probs.shape
+    size = DRAW_BLOCK
+    full = vocab // size  # whole blocks; the tail, if any, is one more
+    # the blocks' sums in the rows' own precision: no vocabulary-sized temporary is made
+    sums = probs.as_strided((n, full, size), (vocab, size, 1)).sum(-1)
+    if vocab % size:
+        sums = torch.cat([sums, probs[:, full * size :].sum(1, keepdim=True)], 1)
+    cdf = sums.double().cumsum(1)
     total = cdf[:, -1:]
-    u = torch.rand(len(probs), 1, dtype=torch.float64, generator=generator)
+    u = torch.rand(n, 1, dtype=torch.float64, generator=generator)
     v = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    ids = torch.searchsorted(cdf, v, right=True)[:, 0]
-    return ids.clamp_(max=probs.shape[1] - 1), total[:, 0]
+    block = torch.searchsorted(cdf, v, right=True).clamp_(max=cdf.shape[1] - 1)  # [n, 1]
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    ids = block * size + torch.arange(size)  # [n, size]: the block's indices
+    inner = torch.where(ids < vocab, probs.gather(1, ids.clamp(max=vocab - 1)), 0.0)
+    inner = inner.cumsum(1, dtype=torch.float64)
+    last = inner[:, -1:]  # the block's sum again, rounded another way: v stays below it
+    rest = torch.minimum(v - before, torch.nextafter(last, torch.zeros_like(last)))
+    j = torch.searchsorted(inner, rest, right=True).clamp_(max=size - 1)
+    return (block * size + j)[:, 0].clamp_(max=vocab - 1), total[:, 0]
 
 
 class NextToken:
