@@ -257,32 +257,52 @@ def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """`torch.stack(rows)` for next-token rows, without the copy where it can be avoided.
 
     The rows of one batched model call are views of one `[n, V]` tensor. When `rows` are all
-    of them, in order, that tensor is the answer as it is; when they are some of them (a
-    context repeated, some left out), one `index_select` gathers them. Other rows are stacked.
-    Callers must not write into the result.
+    of them, in order, that tensor (or a view of its memory) is the answer as it is; when they
+    are some of them (a context repeated, some left out), one `index_select` gathers them.
+    Other rows are stacked. Callers must not write into the result.
+
+    Rows are recognised by their memory, not by `Tensor._base`: views of a tensor made in
+    inference mode (as models make their outputs) have no `_base`.
     """
     first = rows[0]
     base = first._base
     if (
         base is not None
-        and first.dim() == 1
+        and len(rows) == len(base)
         and base.dim() == 2
-        and base.is_contiguous()
-        and base.shape[1] == first.shape[0]
+        and base.shape[1:] == first.shape
     ):
-        width = base.stride(0)
-        offset0 = base.storage_offset()
-        index = []
-        for r in rows:
-            row, rest = divmod(r.storage_offset() - offset0, width)
-            if r._base is not base or rest or r.shape != first.shape or r.stride(0) != 1:
-                break
-            index.append(row)
-        else:
-            if index == list(range(len(base))):
+        if all(r._base is base for r in rows) and base.is_contiguous():
+            width = base.stride(0)
+            if [r.storage_offset() for r in rows] == [
+                base.storage_offset() + i * width for i in range(len(base))
+            ]:
                 return base
-            return base.index_select(0, torch.tensor(index))
-    return torch.stack(list(rows))
+    if first.dim() != 1 or first.stride(0) != 1:
+        return torch.stack(list(rows))
+    size = first.shape[0]
+    memory = first.untyped_storage().data_ptr()
+    offsets = []
+    for r in rows:
+        if (
+            r.dim() != 1
+            or r.shape[0] != size
+            or r.stride(0) != 1
+            or r.dtype != first.dtype
+            or r.untyped_storage().data_ptr() != memory
+        ):
+            return torch.stack(list(rows))
+        offsets.append(r.storage_offset())
+    low = min(offsets)
+    index = [(o - low) // size for o in offsets]
+    if any(o != low + i * size for o, i in zip(offsets, index, strict=True)):
+        return torch.stack(list(rows))
+    # the rows are those of one [span, size] block of memory, in some order
+    span = max(index) + 1
+    whole = first.as_strided((span, size), (size, 1), low)
+    if index == list(range(span)):
+        return whole
+    return whole.index_select(0, torch.tensor(index))
 
 
 #: tokens per block of the two-level draw of `draw_rows`

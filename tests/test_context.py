@@ -179,6 +179,18 @@ def test_stack_rows_uses_the_batch_tensor_and_matches_torch_stack():
     assert torch.equal(stack_rows(wider), torch.stack(wider))
     loose = [torch.randn(7), torch.randn(7)]
     assert torch.equal(stack_rows(loose), torch.stack(loose))
+    # a model's output is made in inference mode, where views keep no `_base`: still no copy
+    with torch.inference_mode():
+        made = torch.randn(5, 7)
+    rows = list(made)
+    assert rows[0]._base is None
+    whole = stack_rows(rows)
+    assert whole.data_ptr() == made.data_ptr() and torch.equal(whole, made)
+    for picked in ([rows[3], rows[1], rows[1]], [rows[4]], rows[2:], [rows[0], torch.randn(7)]):
+        assert torch.equal(stack_rows(picked), torch.stack(picked))
+    assert stack_rows(rows[2:]).data_ptr() == rows[2].data_ptr()  # a run of rows: a view
+    halves = list(torch.randn(3, 14).view(6, 7)[::2])  # rows 14 apart: gathered, not confused
+    assert torch.equal(stack_rows(halves), torch.stack(halves))
 
 
 # -- drawing token ids ---------------------------------------------------------------------------
