@@ -255,6 +255,14 @@ def test_kv_exactness_tiny_all_logits(kv_lm):
     check_kv_exactness(kv_lm, "the dog sat", "naïve façade")
 
 
+@pytest.mark.parametrize("kv", KV_CACHES, ids=KV_IDS)
+def test_kv_exactness_tiny_bfloat16(tiny_lm, kv):
+    """Every cache and step mode in bfloat16 (on the CPU; the CUDA runs are under `gpu`)."""
+    model = copy.deepcopy(tiny_lm.model).to(torch.bfloat16)
+    lm = HFModel(model, tiny_lm.tokenizer, kv_cache=kv[0], kv_block=kv[1], step=kv[2])
+    check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+
+
 CUDA_CASES = [*KV_CACHES, ("paged", 4, "graphs"), ("paged", 16, "graphs")]
 CUDA_IDS = [*KV_IDS, "paged4-graphs", "paged16-graphs"]
 
@@ -325,6 +333,10 @@ def test_tiny_model_is_sensitive(tiny_lm):
     atol = tolerance(tiny_lm)["atol"]
     assert (torch.log_softmax(shifted[0, -1], -1) - reference).abs().max() > 100 * atol
     assert (extra - reference).abs().max() > 100 * atol
+    # and beyond the bfloat16 tolerance, so that the bfloat16 checks catch them too
+    bf16 = tolerance(HFModel(copy.deepcopy(tiny_lm.model).to(torch.bfloat16), tiny_lm.tokenizer))
+    assert (extra - reference).abs().max() > bf16["atol"]
+    assert (torch.log_softmax(shifted[0, -1], -1) - reference).abs().max() > 10 * bf16["atol"]
 
 
 def test_token_bytes_byte_level(tiny_lm):
