@@ -616,10 +616,18 @@ class _FixedStep:
             with torch.cuda.graph(graph, pool=lm._graph_pool, capture_error_mode="thread_local"):
                 out = self.forward()
             graph.replay()  # recomputes this step: the same writes, the same values
-            tol = 1e-3 if lm.model.dtype == torch.float32 else 5e-2
-            error = float((out[:n] - eager[:n]).abs().max())
+            # Compared as distributions (the largest total variation distance of a row). In
+            # bfloat16 other kernels round differently: a capture's replay of the embedded
+            # model differed by 0.53 at an unlikely token's log-probability on an H200, and
+            # eager and padded steps by up to 0.8 on the CPU, but by under 0.05 in total
+            # variation; a graph that misreads its inputs gives distances near 1.
+            tol = 1e-3 if lm.model.dtype == torch.float32 else 0.1
+            error = float(0.5 * (out[:n].exp() - eager[:n].exp()).abs().sum(-1).max())
             if not error <= tol:
-                raise RuntimeError(f"its replay differs from the eager step by {error:.3g}")
+                raise RuntimeError(
+                    f"its replay's next-token distributions differ from the eager step's "
+                    f"(total variation {error:.3g})"
+                )
         except Exception as exc:  # the model does something a graph cannot hold
             lm._graphs_off = f"{type(exc).__name__}: {exc}"
             warnings.warn(

@@ -1094,6 +1094,38 @@ def test_simulated_graph_capture_failure_falls_back(tiny_lm, monkeypatch):
     check_kv_exactness(lm, "the dog sat", "naïve façade")  # no second warning (error filter)
 
 
+@pytest.mark.parametrize("error, kept", [("rounding", True), ("misread", False)])
+def test_simulated_capture_check_compares_distributions(tiny_lm, monkeypatch, error, kept):
+    """The replay that checks a capture may round differently at unlikely tokens, as bfloat16
+    kernels do (the embedded model's differed by 0.53 there on an H200), and the graph is kept;
+    a replay that gives other rows' distributions turns graphs off."""
+    model = copy.deepcopy(tiny_lm.model).to(torch.bfloat16)
+    lm = HFModel(model, tiny_lm.tokenizer, kv_cache="paged", kv_block=4)
+    cuda = FakeCUDA()
+    cuda.install(monkeypatch, lm)
+    replay = cuda.CUDAGraph.replay
+
+    def replay_with_error(graph):
+        replay(graph)
+        out = graph.ops[-1][3]  # the step's log-probabilities, [rows, vocab]
+        if error == "rounding":  # the least likely token of each row, 0.5 off
+            out[torch.arange(out.shape[0]), out.argmin(-1)] += 0.5
+        else:
+            out.copy_(out.roll(1, 0))
+
+    monkeypatch.setattr(cuda.CUDAGraph, "replay", replay_with_error)
+    prompts = [lm.encode(text) for text in ("the cat sat", "a quick brown fox", "numbers 01")]
+    states, logprobs = lm._extend([None] * 3, prompts)
+    tokens = [[int(row.argmax())] for row in logprobs]
+    if kept:
+        lm._extend(states, tokens)
+        assert lm._graphs_off is None and lm.graphs_captured == 1
+    else:
+        with pytest.warns(RuntimeWarning, match="CUDA graphs are off.*total variation"):
+            lm._extend(states, tokens)
+        assert lm._graphs_off is not None and lm.graphs_captured == 0
+
+
 def test_fixed_step_with_padding_when_no_block_is_free(tiny_lm, monkeypatch):
     """The scratch block that padding rows write to is allocated before the pool's tensors are
     sized for the step, even when taking it grows the pool: a graph captured before must not
