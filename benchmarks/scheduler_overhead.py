@@ -24,7 +24,7 @@ import ppl
 from ppl import factor, program, sample
 from ppl.context import Context
 from ppl.inference.engine import Engine
-from ppl.models.base import LanguageModel
+from ppl.models.base import Fed, LanguageModel
 
 
 class ZeroCostLM(LanguageModel):
@@ -42,12 +42,14 @@ class ZeroCostLM(LanguageModel):
     def _extend(self, parents, new_tokens):  # never called: compute_logprobs is overridden
         raise AssertionError
 
-    def compute_logprobs(self, contexts: Sequence[Context]) -> None:
+    def compute_logprobs(self, contexts: Sequence[Context], *, max_rows: int | None = None) -> Fed:
+        # every context gets the same row: one "call", feeding nothing
         self.forward_calls += 1
         row = self._row
         for ctx in contexts:
             if ctx._logprobs is None:
                 ctx._set_fed(None, row)
+        return Fed(1, 0)
 
 
 lm = ZeroCostLM()
@@ -103,6 +105,23 @@ def fork_cost(points: Sequence[int], forks: int = 2000) -> dict[int, float]:
     return out
 
 
+def drift(particles: int = 100, steps: int = 1000, window: int = 100) -> tuple[float, float]:
+    """Microseconds per particle-step over the first and the last `window` passes of a loop of
+    `steps` passes with a choice in each: a loop's pass costs the same at its end as at its
+    start (no state that grows with the passes taken)."""
+    engine = Engine(walk, (steps,), {}, seed=0)
+    ps = engine.new_particles(particles)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        engine.advance(ps)
+        engine.resolve(ps)
+        times.append(time.perf_counter() - start)
+    first = sorted(times[:window])[window // 2]
+    last = sorted(times[-window:])[window // 2]
+    return first / particles * 1e6, last / particles * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--particles", type=int, default=1000)
@@ -115,6 +134,10 @@ def main() -> None:
     print(f"  equal weights, no resampling      {us:6.2f} us per particle-step ({k} resamplings)")
     us, k = per_particle_step(walk_weighted, n, t, 1.0, args.repeats)
     print(f"  resampling and forking every step {us:6.2f} us per particle-step ({k} resamplings)")
+    first, last = drift()
+    print("a loop of 1000 passes with a choice in each, 100 particles (median of 100 passes)")
+    print(f"  passes 1-100    {first:6.2f} us per particle-step")
+    print(f"  passes 901-1000 {last:6.2f} us per particle-step ({last / first:.2f}x)")
     costs = fork_cost([1, 10, 50, 100, 200])
     print("fork cost by steps already taken")
     for steps, c in costs.items():

@@ -19,6 +19,14 @@ Statements without sites — including whole `if`/`for`/`while`/`try` statements
 ordinary Python inside one block, so most user code runs at full speed. Expressions holding a
 site are split in evaluation order (earlier operands are evaluated into temporaries first).
 
+A `for` holding a site keeps its iterator in `L` and calls `next` before each pass, as CPython
+does (`ppl.loops` says how it forks). A `try` holding a site is a region of blocks: an exception
+raised in one of them is stored in `L` and the blocks go on at the `try`'s dispatch block
+(`Code.catch`; the engine does the same for an exception raised at a site or in a called
+program). A `finally` is entered with its pending action in `L` (an exception, a return value,
+a jump) and carries it out at its end. `with` is compiled as the `try` that PEP 343 defines, and
+a comprehension as its loops.
+
 Generated code keeps the user's file name and line numbers, so a traceback raised inside a
 program points at the user's own source line.
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -82,6 +91,91 @@ class SourceChangedError(CompileError):
         self.lineno = lineno
 
 
+class Locals(dict):
+    """A compiled frame's local variables: reading one not yet assigned is Python's error."""
+
+    __slots__ = ()
+
+    @runtime.raises_for_python
+    def __missing__(self, name: str) -> Any:
+        raise UnboundLocalError(
+            f"cannot access local variable '{name}' where it is not associated with a value"
+        )
+
+    def __deepcopy__(self, memo: dict) -> Locals:
+        out = Locals()
+        memo[id(self)] = out
+        deepcopy = copy.deepcopy
+        for name, value in self.items():
+            cls = value.__class__
+            if cls in _ATOMIC:
+                out[name] = value
+            elif cls is _BUILTIN_METHOD:
+                out[name] = _copy_builtin_method(value, memo)
+            elif isinstance(value, BaseException):  # one being handled: keep where it was raised
+                out[name] = _copy_exception(value, memo)
+            elif cls is types.FunctionType and value.__closure__:
+                out[name] = _rebind_closure(value, self, out, memo)
+            else:
+                out[name] = deepcopy(value, memo)
+        return out
+
+
+_ATOMIC = frozenset({type(None), bool, int, float, str, bytes, complex, range})
+_BUILTIN_METHOD = type([].append)
+
+
+def _rebind_closure(fn: types.FunctionType, old: Locals, new: Locals, memo: dict) -> Any:
+    """A lambda made by a program's code, its variables read from the fork's locals.
+
+    A lambda reads the program's variables from the locals dict it closes over; a fork's copy
+    must read the fork's (`deepcopy` would share the function, and so the original's locals).
+    """
+    found = memo.get(id(fn))
+    if found is not None:
+        return found
+    cells = fn.__closure__ or ()
+    if not any(_cell_holds(c, old) for c in cells):
+        return fn
+    closure = tuple(types.CellType(new) if _cell_holds(c, old) else c for c in cells)
+    other = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, closure)
+    other.__kwdefaults__ = copy.deepcopy(fn.__kwdefaults__, memo)
+    other.__qualname__ = fn.__qualname__
+    other.__dict__.update(fn.__dict__)
+    memo[id(fn)] = other
+    return other
+
+
+def _cell_holds(cell: types.CellType, value: Any) -> bool:
+    try:
+        return cell.cell_contents is value
+    except ValueError:  # an empty cell
+        return False
+
+
+def _copy_builtin_method(method: Any, memo: dict) -> Any:
+    """A method of a builtin object, bound to its object's copy (`deepcopy` shares it as is).
+
+    Such a method is held across a choice by an expression that the choice splits, such as
+    `xs.append(sample(...))`: the fork's call must append to the fork's list.
+    """
+    owner = method.__self__
+    if owner is None or isinstance(owner, types.ModuleType):
+        return method  # a builtin function (`len`), not bound to a value
+    return getattr(copy.deepcopy(owner, memo), method.__name__)
+
+
+def _copy_exception(e: BaseException, memo: dict) -> BaseException:
+    """A copy of `e` (its arguments and attributes copied) with its traceback and chain."""
+    other = copy.deepcopy(e, memo)
+    if other is not e:
+        other.__traceback__ = e.__traceback__
+        other.__context__ = e.__context__
+        other.__cause__ = e.__cause__
+        other.__suppress_context__ = e.__suppress_context__
+    return other
+
+
 @dataclass
 class Code:
     """A compiled program: its blocks, its sites and how to bind its arguments."""
@@ -90,25 +184,69 @@ class Code:
     blocks: list[Callable[[dict], Any]]
     sites: list[Site]
     signature: inspect.Signature
+    #: the locals that hold the iterators of `for` loops, with each loop's `file:line`
+    loops: tuple[tuple[str, str], ...] = ()
+    #: for each block, the `try` that catches what it raises: (local to store it in, block to
+    #: go on at), or None
+    handlers: tuple[tuple[str, int] | None, ...] = ()
+    #: for each block inside an `except` or `finally`, the local holding the exception being
+    #: handled (the `__context__` of one raised there), or None
+    handling: tuple[str | None, ...] = ()
+    qualname: str = ""
 
     def run(self, L: dict, pc: int) -> tuple:
         """Run from block `pc` until the program suspends or returns."""
         blocks = self.blocks
         while True:
-            r = blocks[pc](L)
-            if r.__class__ is int:
-                pc = r
-            else:
-                return r
+            try:
+                while True:
+                    r = blocks[pc](L)
+                    if r.__class__ is int:
+                        pc = r
+                    elif r[0] == -2:  # an exception carried on (a `try` it went through):
+                        raise r[1]  # raised here, it keeps the user's traceback as it was
+                    else:
+                        return r
+            except Exception as e:
+                pc = self.catch(L, pc, e)
+                if pc is None:
+                    raise
 
-    def bind(self, args: tuple, kwargs: dict) -> dict:
-        """The initial locals for a call (arguments copied: particles never share them)."""
+    def catch(self, L: dict, pc: int, e: BaseException) -> int | None:
+        """Where block `pc` goes on when `e` is raised in it (stored for its `try`), or None."""
+        if not self.handlers:
+            return None
+        slot = self.handling[pc]
+        if slot is not None:
+            handled = L.get(slot)
+            if isinstance(handled, BaseException) and handled is not e and e.__context__ is None:
+                e.__context__ = handled
+        region = self.handlers[pc]
+        if region is None:
+            return None
+        L[region[0]] = e
+        return region[1]
+
+    def bind(self, args: tuple, kwargs: dict, share: bool = False) -> dict:
+        """The initial locals for a call.
+
+        A run's first call copies its arguments (particles never share them); a call from one
+        program to another within a particle passes them as Python does (`share`), so that the
+        callee's changes to them are seen by its caller. Default values are copied either way.
+        """
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{self.name}(): {e}") from None
+        if not share:
+            bound.apply_defaults()
+            return copy.deepcopy(Locals(bound.arguments))
+        passed = set(bound.arguments)
         bound.apply_defaults()
-        return copy.deepcopy(dict(bound.arguments))
+        return Locals(
+            (name, value if name in passed else copy.deepcopy(value))
+            for name, value in bound.arguments.items()
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +261,8 @@ class Program(BaseProgram):
     """
 
     fixed: dict[str, Any] | None
+    #: for a function nested in a program: the locals of the program's call it was made in
+    outer: Locals | None = None
 
     def __init__(self, fn: Callable) -> None:
         if not isinstance(fn, types.FunctionType):
@@ -149,23 +289,23 @@ class Program(BaseProgram):
         return self._code
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _IN_COMPILED[0]:
+        if _IN_COMPILED.get():
             raise RuntimeError(
                 f"program {self.__qualname__} was called from a plain function, a lambda or a "
                 "comprehension inside a program under inference; call it from a program's own "
                 "statements so that it can be suspended"
             )
-        # a direct call opens an address scope: under its caller's, or at the root
-        scopes = runtime._SCOPES
-        prefix = direct_address(None, 1)[0] + "/" if scopes else ""
-        scopes.append(Scope(prefix))
+        # a direct call opens an address scope: under its caller's, or at the root; the
+        # caller's is restored when it returns (the scope is context-local: `ppl.runtime`)
+        prefix = direct_address(None, 1)[0] + "/" if runtime._SCOPE.get() is not None else ""
+        token = runtime._SCOPE.set(Scope(prefix))
         try:
             if self.fixed:
                 with _condition_handler(self.fixed, root=prefix):
                     return self.fn(*args, **kwargs)
             return self.fn(*args, **kwargs)
         finally:
-            scopes.pop()
+            runtime._SCOPE.reset(token)
 
     def conditioned(self, data: dict[str, Any]) -> Program:
         """This program with the choices at the addresses in `data` fixed to those values."""
@@ -188,6 +328,49 @@ class Program(BaseProgram):
         return f"<ppl.program {self.__qualname__}>"
 
 
+class NestedProgram(Program):
+    """A `def` or lambda inside a program that makes choices, made when its statement runs.
+
+    Its code was compiled with its program's; it reads and (with `nonlocal`) writes the
+    variables of the program's call it was made in (`outer`), as a closure would, and its
+    choices are counted in that call's address scope, as a plain function's are when the
+    program runs directly. `fn` is the plain function that Python made of the same
+    statement: its defaults and signature are the nested function's own.
+    """
+
+    def __init__(self, fn: types.FunctionType, template: Code, outer: Locals) -> None:
+        functools.update_wrapper(self, fn)
+        self.__qualname__ = fn.__qualname__ = template.qualname
+        self.fn = fn
+        self.fixed = None
+        self.outer = outer
+        self._template = template
+        self._code = None
+
+    @property
+    def code(self) -> Code:
+        if self._code is None:
+            self._code = dataclasses.replace(self._template, signature=inspect.signature(self.fn))
+        return self._code
+
+    def __deepcopy__(self, memo: dict) -> NestedProgram:
+        other = NestedProgram.__new__(NestedProgram)
+        other.__dict__.update(self.__dict__)
+        memo[id(self)] = other
+        other.outer = copy.deepcopy(self.outer, memo)
+        other.fn = _rebind_closure(self.fn, self.outer, other.outer, memo)
+        return other
+
+    def __reduce__(self) -> tuple:
+        raise TypeError(
+            f"{self.__qualname__} is a function nested in a program: it cannot be sent to "
+            "another process; define it at module level"
+        )
+
+    def __repr__(self) -> str:
+        return f"<ppl.program {self.__qualname__} (nested)>"
+
+
 def _unpickle_program(fn: Callable, source: _Source, fixed: dict[str, Any] | None) -> Program:
     p = Program.__new__(Program)
     functools.update_wrapper(p, fn)
@@ -203,11 +386,13 @@ def program(fn: Callable) -> Program:
     """Compile `fn` into a program that inference algorithms can suspend and fork.
 
     The function is written as ordinary Python with `sample`, `observe`, `factor` and
-    `condition`. Supported: assignments (with unpacking and augmented assignment), `if`,
-    `for`, `while`, `break`, `continue`, `return`, calls to plain functions and to other
-    programs. Not supported, reported as a `CompileError` naming file and line: `yield`,
-    `await`, nested `def`/`class`, `global`/`nonlocal`, `import`, `match`, `:=`, and a primitive
-    or program call inside `try`, `with`, a lambda or a comprehension.
+    `condition`, and means what CPython makes of it. Choices may stand in assignments and
+    their targets, `if`, `for`, `while`, `try`/`except`/`finally`, `with`, `match`, `:=`,
+    comprehensions, and generator expressions given to `sum`, `any`, `all`, `min`, `max`,
+    `sorted` and the collection builtins, and nested `def`s and lambdas. Not supported,
+    reported as a `CompileError` naming file and line: `yield`, `await`, a nested `class`,
+    `global`/`nonlocal` in the program itself, `import`, `except*`, and a choice inside
+    another generator expression.
     """
     return Program(fn)
 
@@ -472,39 +657,111 @@ _FORBIDDEN: dict[type, str] = {
     ast.AsyncFunctionDef: "a nested `async def`",
     ast.AsyncFor: "`async for`",
     ast.AsyncWith: "`async with`",
-    ast.FunctionDef: "a nested `def` (define helper functions at module level)",
     ast.ClassDef: "a nested `class` (define classes at module level)",
     ast.Global: "`global`",
     ast.Nonlocal: "`nonlocal`",
     ast.Import: "`import` (import at module level)",
     ast.ImportFrom: "`import` (import at module level)",
-    ast.NamedExpr: "the walrus operator `:=`",
 }
-if hasattr(ast, "Match"):
-    _FORBIDDEN[ast.Match] = "`match`"
+if hasattr(ast, "TryStar"):
+    _FORBIDDEN[ast.TryStar] = "`except*`"
 
 _SCOPES = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_FUNCTIONS = (ast.FunctionDef, ast.Lambda)
 _LOOPS = (ast.For, ast.While)
 
 
+def _walrus_targets(node: ast.AST, in_lambda: bool = False) -> set[str]:
+    """Names bound by `:=` in the function's scope (also from inside its comprehensions)."""
+    out: set[str] = set()
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.NamedExpr) and not in_lambda:
+            out.add(child.target.id)
+        out |= _walrus_targets(child, in_lambda or isinstance(child, ast.Lambda))
+    return out
+
+
 def _walk_scope(node: ast.AST):
-    """Nodes of `node` in the same scope (not inside lambdas or comprehensions)."""
+    """Nodes of `node` in the same scope (not inside lambdas, comprehensions or nested `def`s,
+    except a `def`'s decorators and defaults, which its scope evaluates)."""
     todo = [node]
     while todo:
         n = todo.pop()
         yield n
+        if isinstance(n, ast.FunctionDef):
+            todo.extend(_outer_parts(n))
+            continue
         for child in ast.iter_child_nodes(n):
             if not isinstance(child, _SCOPES):
                 todo.append(child)
 
 
+def _outer_parts(fn: ast.FunctionDef) -> list[ast.expr]:
+    """The parts of a `def` evaluated where it is defined: decorators, defaults, annotations."""
+    a = fn.args
+    parts = [*fn.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d is not None)]
+    for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+        if arg is not None and arg.annotation is not None:
+            parts.append(arg.annotation)
+    if fn.returns is not None:
+        parts.append(fn.returns)
+    return parts
+
+
+def _params(a: ast.arguments) -> set[str]:
+    names = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+    return names | {x.arg for x in (a.vararg, a.kwarg) if x is not None}
+
+
+def _declared(fn: ast.FunctionDef) -> set[str]:
+    """The names a `def` declares `nonlocal` or `global`."""
+    out: set[str] = set()
+    for stmt in fn.body:
+        for n in _walk_scope(stmt):
+            if isinstance(n, (ast.Nonlocal, ast.Global)):
+                out |= set(n.names)
+    return out
+
+
+def _scope_bound(body: list[ast.stmt]) -> set[str]:
+    """The names that statements bind in their own scope."""
+    names: set[str] = set()
+    for stmt in body:
+        for n in _walk_scope(stmt):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                names.add(n.id)
+            elif isinstance(n, ast.ExceptHandler) and n.name:
+                names.add(n.name)
+            elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+                names.add(n.name)
+            elif isinstance(n, ast.MatchMapping) and n.rest:
+                names.add(n.rest)
+            elif isinstance(n, ast.FunctionDef):
+                names.add(n.name)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                names |= {(a.asname or a.name).split(".")[0] for a in n.names}
+        names |= _walrus_targets(stmt)
+    return names
+
+
+def _def_bound(fn: ast.FunctionDef) -> set[str]:
+    """The local variables of a nested `def`: its parameters and what it binds, less the
+    names it declares `nonlocal` or `global`."""
+    return (_params(fn.args) | _scope_bound(fn.body)) - _declared(fn)
+
+
 def _bound_in(node: ast.AST) -> set[str]:
-    """Names that a lambda or comprehension binds for its own body."""
-    if isinstance(node, ast.Lambda):
+    """Names that a lambda, comprehension or nested `def` binds for its own body."""
+    if isinstance(node, ast.FunctionDef):
+        return _def_bound(node)
+    if isinstance(node, ast.Lambda):  # its parameters, and what `:=` binds in it
         a = node.args
         names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
         names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
-        return set(names)
+        walrus = _walrus_targets(node.body)
+        if isinstance(node.body, ast.NamedExpr):
+            walrus.add(node.body.target.id)
+        return set(names) | walrus
     out: set[str] = set()
     for gen in node.generators:  # type: ignore[attr-defined]
         out |= {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
@@ -516,6 +773,7 @@ def _bound_in(node: ast.AST) -> set[str]:
 
 
 _L = "L"  # the name of the locals dict inside generated blocks
+_OUTER = "__outer"  # a nested function's local holding the locals of the program it is in
 
 
 class _Rewriter(ast.NodeTransformer):
@@ -524,6 +782,9 @@ class _Rewriter(ast.NodeTransformer):
     def __init__(self, compiler: _Compiler) -> None:
         self.c = compiler
         self.shadowed: list[set[str]] = []
+        self.native_handlers = 0  # depth inside `except` handlers kept as plain Python
+        self.native_catching = 0  # depth inside the bodies of such `try`s with handlers
+        self.in_def = 0  # depth inside nested `def`s kept as plain Python
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         name = node.id
@@ -533,6 +794,11 @@ class _Rewriter(ast.NodeTransformer):
             return ast.copy_location(
                 ast.Subscript(ast.Name(_L, ast.Load()), ast.Constant(name), node.ctx), node
             )
+        if name in self.c.outer_names:  # a variable of the program a nested `def` is in
+            scope: ast.expr = ast.Name(_L, ast.Load())
+            for _ in range(self.c.outer_depth(name)):
+                scope = ast.Subscript(scope, ast.Constant(_OUTER), ast.Load())
+            return ast.copy_location(ast.Subscript(scope, ast.Constant(name), node.ctx), node)
         if name in self.c.freevars:
             if not isinstance(node.ctx, ast.Load):
                 self.c.error(node, f"assigning to the enclosing function's variable `{name}`")
@@ -549,12 +815,124 @@ class _Rewriter(ast.NodeTransformer):
         finally:
             self.shadowed.pop()
 
-    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _scope
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _scope
 
-    def visit_Return(self, node: ast.Return) -> ast.AST:
-        # a `return` inside a statement kept as plain Python returns from the block
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        for i, d in enumerate(node.args.defaults):
+            node.args.defaults[i] = self.visit(d)
+        node.args.kw_defaults = [d if d is None else self.visit(d) for d in node.args.kw_defaults]
+        self.shadowed.append(_bound_in(node))
+        self.in_def += 1
+        try:
+            node.body = self.visit(node.body)
+        finally:
+            self.in_def -= 1
+            self.shadowed.pop()
+        return self.c.made_function(node, node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+        # decorators, defaults and annotations are evaluated here; the body in its own scope
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        a = node.args
+        a.defaults = [self.visit(d) for d in a.defaults]
+        a.kw_defaults = [d if d is None else self.visit(d) for d in a.kw_defaults]
+        for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+            if arg is not None and arg.annotation is not None:
+                arg.annotation = self.visit(arg.annotation)
+        if node.returns is not None:
+            node.returns = self.visit(node.returns)
+        self.shadowed.append(_bound_in(node))
+        self.in_def += 1
+        try:
+            body = self._visit_list(node.body)
+        finally:
+            self.in_def -= 1
+            self.shadowed.pop()
+        # a `nonlocal` of the program's variable: it is read from the locals dict instead
+        node.body = [
+            ast.copy_location(ast.Pass(), b)
+            if isinstance(b, ast.Nonlocal) and not self._kept_nonlocal(b)
+            else b
+            for b in body
+        ]
+        if self.in_def:
+            return node
+        made = self.c.made_function(node, ast.Name(node.name, ast.Load()))
+        store = ast.Assign([self.visit(ast.Name(node.name, ast.Store()))], made)
+        return [node, ast.copy_location(store, node)]
+
+    def _kept_nonlocal(self, node: ast.Nonlocal) -> bool:
+        rewritten = self.c.locals | self.c.outer_names
+        if any(n in rewritten for n in node.names):
+            if not all(n in rewritten for n in node.names):
+                self.c.error(node, "a `nonlocal` naming the program's and other variables")
+            return False
+        return True
+
+    def visit_Return(self, node: ast.Return) -> Any:
+        if self.in_def:
+            return self.generic_visit(node)
+        # a `return` inside a statement kept as plain Python returns from the block (through the
+        # `finally` blocks around it)
         value = self.visit(node.value) if node.value is not None else ast.Constant(None)
-        return ast.copy_location(ast.Return(ast.Tuple([ast.Constant(-1), value], ast.Load())), node)
+        return [ast.copy_location(s, node) for s in self.c.return_stmts(value)]
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> ast.AST:
+        name = node.target.id
+        if name not in self.c.locals or any(name in s for s in self.shadowed):
+            if name in self.c.outer_names and not any(name in s for s in self.shadowed):
+                self.c.error(node, "`:=` assigning a variable of the enclosing program")
+            return self.generic_visit(node)
+        return ast.copy_location(self.c.walrus(name, self.visit(node.value)), node)
+
+    def visit_match_case(self, node: ast.match_case) -> ast.AST:
+        # a capture binds a plain variable of the block; the case copies it into the locals
+        # before its guard (Python keeps a capture even when the guard fails)
+        if self.in_def:
+            return self.generic_visit(node)
+        node.pattern = self.visit(node.pattern)
+        guard = self.visit(node.guard) if node.guard is not None else None
+        captured = sorted(_captures(node.pattern) & self.c.locals)
+        if captured:
+            bind = self.c.bind_captures(captured)
+            guard = bind if guard is None else ast.BoolOp(ast.And(), [bind, guard])
+        node.guard = guard
+        node.body = self._visit_list(node.body)
+        return node
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST:
+        node = self.generic_visit(node)  # type: ignore[assignment]
+        if node.exc is None and self.c.handling and not self.native_handlers and not self.in_def:
+            # a bare `raise` in an `except` or `finally` that the compiler split: the exception
+            # being handled is held in a local
+            if self.native_catching:  # a `try` in this statement may catch it
+                return ast.copy_location(ast.Raise(self.c.reraise(), None), node)
+            return ast.copy_location(self.c.carry_on(self.c.reraise()), node)
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        # a `try` kept as plain Python: a bare `raise` in its handlers is Python's own
+        catching = bool(node.handlers)
+        self.native_catching += catching
+        try:
+            node.body = self._visit_list(node.body)
+        finally:
+            self.native_catching -= catching
+        self.native_handlers += 1
+        try:
+            node.handlers = self._visit_list(node.handlers)
+        finally:
+            self.native_handlers -= 1
+        node.orelse = self._visit_list(node.orelse)
+        node.finalbody = self._visit_list(node.finalbody)
+        return node
+
+    def _visit_list(self, nodes: list) -> list:
+        out = []
+        for n in nodes:
+            r = self.visit(n)
+            out.extend(r if isinstance(r, list) else [r])
+        return out
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
         # annotations of locals are dropped: `x: int = v` is `x = v`, `x: int` is nothing
@@ -564,7 +942,7 @@ class _Rewriter(ast.NodeTransformer):
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
         node = self.generic_visit(node)  # type: ignore[assignment]
-        if node.name is not None and node.name in self.c.locals:
+        if node.name is not None and node.name in self.c.locals and not self.in_def:
             tmp = f"__exc_{node.name}"
             store = ast.Assign(
                 [ast.Subscript(ast.Name(_L, ast.Load()), ast.Constant(node.name), ast.Store())],
@@ -575,20 +953,90 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
 
+def _captures(pattern: ast.AST) -> set[str]:
+    out: set[str] = set()
+    for n in ast.walk(pattern):
+        if isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+            out.add(n.name)
+        elif isinstance(n, ast.MatchMapping) and n.rest:
+            out.add(n.rest)
+    return out
+
+
+_CONSUMERS = ("sum", "any", "all", "min", "max", "sorted", "list", "tuple", "set", "frozenset")
+
+
+class _Renamer(ast.NodeTransformer):
+    """Rename a comprehension's variables, except where a scope inside binds them again."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        new = self.names.get(node.id)
+        return ast.copy_location(ast.Name(new, node.ctx), node) if new else node
+
+    def _scope(self, node: ast.AST) -> ast.AST:
+        inner = {k: v for k, v in self.names.items() if k not in _bound_in(node)}
+        if inner == self.names:
+            return self.generic_visit(node)
+        return _Renamer(inner).visit(node) if inner else node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        return self._scope(node)
+
+    def visit_ListComp(self, node: ast.AST) -> ast.AST:
+        # a nested comprehension's first iterable is in this scope; the rest in its own
+        return self._scope(node)
+
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
+
+
 class _Compiler:
-    def __init__(self, source: _Source, fn: types.FunctionType) -> None:
+    """Lowers one function: a program, or (with `outer`) a `def` or lambda nested in one that
+    makes choices, which reads the program's variables from its locals (`_OUTER`)."""
+
+    def __init__(
+        self,
+        source: _Source,
+        fn: types.FunctionType,
+        tree: ast.FunctionDef | None = None,
+        outer: _Compiler | None = None,
+    ) -> None:
         self.filename = source.filename
         self.source = source
-        self.tree = copy.deepcopy(source.tree)
+        self.tree = copy.deepcopy(source.tree) if tree is None else tree
         self.fn = fn
+        self.outer = outer
         self.freevars = set(fn.__code__.co_freevars)
+        self.outer_names: set[str] = set()
         self.locals = self._find_locals()
+        if outer is not None:
+            self.outer_names = (outer.locals | outer.outer_names) - self.locals
+            self.freevars -= self.locals
         self.rw = _Rewriter(self)
         self.blocks: list[list[ast.stmt]] = []
         self.closed: list[bool] = []
         self.sites: list[Site] = []
         self.site_nodes: dict[int, bool] = {}  # id(Call node) -> is a site
-        self.loops: list[tuple[int, int]] = []  # (continue target, break target)
+        # nested functions that make choices (by id of their node), compiled as programs
+        self.nested_programs: dict[int, ast.FunctionDef | ast.Lambda] = {}
+        self.nested_codes: list[Code] = []
+        self.nested_index: dict[int, int] = {}
+        # names of nested functions that make choices, seen here and from the program around
+        self.inherited_programs = outer.program_names - self.locals if outer is not None else set()
+        self.program_names: set[str] = set(self.inherited_programs)
+        # (continue target, break target, number of `finally` blocks around the loop)
+        self.loops: list[tuple[int, int, int]] = []
+        # exception regions: the `try` catching in the blocks being made, and for each block
+        self.region: tuple[str, int] | None = None
+        self.block_regions: list[tuple[str, int] | None] = []
+        # locals holding the exceptions being handled around the code being made, and per block
+        self.handling: list[str] = []
+        self.block_handling: list[str | None] = []
+        # the `finally` blocks around the code being made: (local of its pending action, entry)
+        self.finals: list[tuple[str, int]] = []
+        self.loop_slots: list[tuple[str, str]] = []  # (local holding a for's iterator, file:line)
         self.tmp = itertools.count()
         self.cur = 0
         self.loc: ast.AST = self.tree
@@ -604,11 +1052,24 @@ class _Compiler:
         )
 
     def _find_locals(self) -> set[str]:
+        if self.outer is not None:  # a nested function: `nonlocal` names the program's variables
+            for stmt in self.tree.body:
+                for n in _walk_scope(stmt):
+                    if isinstance(n, ast.Global):
+                        self.error(n, "`global` in a nested function that makes choices")
+            declared = _declared(self.tree)
+        else:
+            declared = set()
         a = self.tree.args
         names = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
         names |= {x.arg for x in (a.vararg, a.kwarg) if x is not None}
         for stmt in self.tree.body:
             for n in _walk_scope(stmt):
+                if isinstance(n, ast.FunctionDef):
+                    names.add(n.name)
+                    continue
+                if isinstance(n, ast.Nonlocal) and self.outer is not None:
+                    continue
                 for kind, what in _FORBIDDEN.items():
                     if isinstance(n, kind):
                         self.error(n, what)
@@ -616,15 +1077,20 @@ class _Compiler:
                     names.add(n.id)
                 elif isinstance(n, ast.ExceptHandler) and n.name:
                     names.add(n.name)
+                elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+                    names.add(n.name)  # a capture pattern binds a local
+                elif isinstance(n, ast.MatchMapping) and n.rest:
+                    names.add(n.rest)
             for n in ast.walk(stmt):  # yield/await inside lambdas and comprehensions too
-                if isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr)):
+                if isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)):
                     self.error(n, _FORBIDDEN[type(n)])
-        return names
+            names |= _walrus_targets(stmt)
+        return names - declared
 
     def _resolve(self, node: ast.expr) -> tuple[bool, Any]:
         """Evaluate a callee made of names and attributes, if it does not depend on locals."""
         if isinstance(node, ast.Name):
-            if node.id in self.locals:
+            if node.id in self.locals or node.id in self.outer_names:
                 return False, None
             if node.id in self.freevars:
                 cell = self.fn.__closure__[self.fn.__code__.co_freevars.index(node.id)]
@@ -652,35 +1118,108 @@ class _Compiler:
 
         A site is a call to a primitive or a program, known from the callee's name, or a call to
         a callable held in a local variable (a program passed as an argument, say), decided when
-        it runs. Inside lambdas and comprehensions nothing can suspend: a primitive or program
-        called there is an error.
+        it runs. Inside a comprehension, a call known to be a primitive or a program is a site
+        (the comprehension is compiled as its loops); a local callable called there is not (a
+        program held in it says so when called). A nested `def` or lambda holding a site is a
+        program of its own (`nested_programs`), and a call of it by its name is a site.
         """
 
-        def visit(node: ast.AST, shadowed: frozenset[str], nested: bool) -> None:
-            if isinstance(node, _SCOPES):
+        def visit(node: ast.AST, shadowed: frozenset[str], nested: bool, function: Any) -> None:
+            if isinstance(node, ast.FunctionDef):
+                for part in _outer_parts(node):  # evaluated where the `def` stands
+                    visit(part, shadowed, nested, function)
+                children: list[ast.AST] = list(node.body)
+            else:
+                children = list(ast.iter_child_nodes(node))
+            if isinstance(node, (*_SCOPES, ast.FunctionDef)):
                 shadowed = shadowed | _bound_in(node)
                 nested = True
+                if isinstance(node, _FUNCTIONS) and function is None:
+                    function = node
+            for child in children:
+                visit(child, shadowed, nested, function)
             if isinstance(node, ast.Call):
                 site = False
                 func = node.func
-                if isinstance(func, ast.Name) and func.id in shadowed:
+                if isinstance(func, ast.Lambda):
+                    site = id(func) in self.nested_programs  # called where it is made
+                elif isinstance(func, ast.Name) and func.id in shadowed:
                     site = False
-                elif isinstance(func, ast.Name) and func.id in self.locals:
+                elif isinstance(func, ast.Name) and func.id in self.program_names:
+                    site = True  # a nested function known to make choices
+                elif isinstance(func, ast.Name) and (
+                    func.id in self.locals or func.id in self.outer_names
+                ):
                     site = not nested
                 else:
                     ok, target = self._resolve(func)
                     site = ok and _is_suspending(target)
-                    if site and nested:
-                        self.error(
-                            node,
-                            f"a call to `{ast.unparse(func)}` inside a lambda or comprehension",
-                        )
+                if site and function is not None:
+                    # a choice in a nested function: it is compiled as a program of its own
+                    self.nested_programs[id(function)] = function
+                    site = False
                 self.site_nodes[id(node)] = site
-            for child in ast.iter_child_nodes(node):
-                visit(child, shadowed, nested)
 
+        # A nested function that calls one that makes choices, by the name its `def` binds,
+        # makes choices too, and such a call is a site wherever it stands: classify again until
+        # those names are known.
+        bindings: dict[str, list[ast.AST]] = {}
         for stmt in self.tree.body:
-            visit(stmt, frozenset(), False)
+            for n in _walk_scope(stmt):
+                if isinstance(n, ast.FunctionDef):
+                    bindings.setdefault(n.name, []).append(n)
+                elif isinstance(n, ast.Assign) and len(n.targets) == 1:
+                    t = n.targets[0]
+                    if isinstance(t, ast.Name) and isinstance(n.value, ast.Lambda):
+                        bindings.setdefault(t.id, []).append(n.value)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                    bindings.setdefault(n.id, []).append(n)
+        while True:
+            self.site_nodes.clear()
+            self.nested_programs.clear()
+            for stmt in self.tree.body:
+                visit(stmt, frozenset(), False, None)
+            names = set(self.inherited_programs)
+            for name, bound in bindings.items():
+                made = [b for b in bound if isinstance(b, _FUNCTIONS)]
+                # a name bound by `f = lambda ...` is also a Name store: count it once
+                stores = [b for b in bound if isinstance(b, ast.Name)]
+                lambdas = sum(isinstance(b, ast.Lambda) for b in made)
+                if (
+                    made
+                    and len(stores) == lambdas
+                    and all(id(b) in self.nested_programs for b in made)
+                ):
+                    names.add(name)
+            if names == self.program_names:
+                break
+            self.program_names = names
+        self.check_lambdas()
+
+    def check_lambdas(self) -> None:
+        """A lambda that makes choices must be called by the program itself: called where it
+        is made, or assigned to a name. Passed to a plain function (`sorted(key=...)`), it
+        could not be suspended there."""
+        allowed: set[int] = set()
+        for stmt in self.tree.body:
+            for n in ast.walk(stmt):
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Lambda):
+                    allowed.add(id(n.func))
+                elif (
+                    isinstance(n, ast.Assign)
+                    and len(n.targets) == 1
+                    and isinstance(n.targets[0], ast.Name)
+                    and isinstance(n.value, ast.Lambda)
+                ):
+                    allowed.add(id(n.value))
+        for key, node in self.nested_programs.items():
+            if isinstance(node, ast.Lambda) and key not in allowed:
+                self.error(
+                    node,
+                    "a lambda that makes choices, other than called where it is made or "
+                    "assigned to a name (a plain function given it could not suspend it; use a "
+                    "nested `def` and call it from the program)",
+                )
 
     def is_site(self, call: ast.Call) -> bool:
         return self.site_nodes.get(id(call), False)
@@ -698,7 +1237,7 @@ class _Compiler:
         def visit(n: ast.AST, in_loop: bool) -> bool:
             if isinstance(n, (ast.Break, ast.Continue)):
                 return not in_loop
-            if isinstance(n, _SCOPES):
+            if isinstance(n, (*_SCOPES, ast.FunctionDef)):
                 return False
             for field, value in ast.iter_fields(n):
                 children = value if isinstance(value, list) else [value]
@@ -715,6 +1254,8 @@ class _Compiler:
     def new_block(self) -> int:
         self.blocks.append([])
         self.closed.append(False)
+        self.block_regions.append(self.region)
+        self.block_handling.append(self.handling[-1] if self.handling else None)
         return len(self.blocks) - 1
 
     def emit(self, stmt: ast.stmt) -> None:
@@ -784,6 +1325,31 @@ class _Compiler:
             self.loc = saved
             self.cur = resume
             return self.local(name)
+        if isinstance(node, ast.NamedExpr):
+            return self.walrus(node.target.id, self.expr(node.value))
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp)):
+            return self.comprehension(node)
+        if isinstance(node, ast.GeneratorExp):
+            self.error(
+                node,
+                "a generator expression holding a primitive or program call, other than as the "
+                f"only argument of {', '.join(_CONSUMERS)}, (write a list comprehension)",
+            )
+        if isinstance(node, ast.Call) and self.consumes_generator(node):
+            return self.consumer(node)
+        if isinstance(node, ast.Compare) and len(node.ops) > 1:
+            return self.chained(node)
+        if isinstance(node, ast.Dict):
+            # each key, then its value, as Python evaluates a display
+            pairs = [
+                e for k, v in zip(node.keys, node.values) for e in ((v,) if k is None else (k, v))
+            ]
+            lowered = iter(self.operands(pairs))
+            keys, values = [], []
+            for k in node.keys:
+                keys.append(next(lowered) if k is not None else None)
+                values.append(next(lowered))
+            return ast.Dict(keys, values)
         if isinstance(node, ast.BoolOp):
             return self.boolop(node)
         if isinstance(node, ast.IfExp):
@@ -817,14 +1383,152 @@ class _Compiler:
         """Lower operands left to right; an operand evaluated before a later site is saved."""
         out = []
         for i, e in enumerate(exprs):
-            later = any(self.has_site(x) for x in exprs[i + 1 :])
+            rest = exprs[i + 1 :]
+            later = any(self.has_site(x) for x in rest)
             value = self.expr(e)
-            if later and not isinstance(e, (ast.Constant, ast.Name)):
+            stable = isinstance(e, ast.Constant) or (
+                # a variable keeps its value across a site, unless a later `:=` assigns it
+                isinstance(e, ast.Name)
+                and not any(
+                    isinstance(n, ast.NamedExpr) and n.target.id == e.id
+                    for x in rest
+                    for n in ast.walk(x)
+                )
+            )
+            if later and not stable:
                 tmp = self.new_tmp()
                 self.emit(ast.Assign([self.local(tmp, ast.Store())], value))
                 value = self.local(tmp)
             out.append(value)
         return out
+
+    # -- comprehensions ----------------------------------------------------------------------
+
+    def consumes_generator(self, call: ast.Call) -> bool:
+        """Is `call` a builtin that consumes a generator expression holding a site?"""
+        if not call.args or not isinstance(call.args[0], ast.GeneratorExp):
+            return False
+        if not self.has_site(call.args[0]) or not isinstance(call.func, ast.Name):
+            return False
+        ok, target = self._resolve(call.func)
+        return ok and call.func.id in _CONSUMERS and target is getattr(builtins, call.func.id)
+
+    def consumer(self, call: ast.Call) -> ast.expr:
+        """`sum(... for ...)` and the like: the generator's items in order, then the call.
+
+        `any` and `all` stop at the first item that decides them, as Python's do, so no later
+        choice is made. The others take every item, so the items are gathered in a list first
+        (the builtin's own work has no effects to interleave with them).
+        """
+        gen = call.args[0]
+        name = call.func.id  # type: ignore[attr-defined]
+        if name in ("any", "all") and len(call.args) == 1 and not call.keywords:
+            result = self.new_tmp()
+            self.locals.add(result)
+            found = name == "any"
+            item = gen.elt  # type: ignore[attr-defined]
+            test = item if found else ast.UnaryOp(ast.Not(), item)
+            hit = [
+                ast.Assign([ast.Name(result, ast.Store())], ast.Constant(found)),
+                ast.Break(),
+            ]
+            self.emit(ast.Assign([self.local(result, ast.Store())], ast.Constant(not found)))
+            self.comprehension_loops(gen, [ast.If(test, hit, [])], stop=result, found=found)
+            return self.local(result)
+        items = self.comprehension(
+            ast.copy_location(ast.ListComp(gen.elt, gen.generators), gen)  # type: ignore[attr-defined]
+        )
+        rest = self.operands([*call.args[1:], *(k.value for k in call.keywords)])
+        args, kwvalues = rest[: len(call.args) - 1], rest[len(call.args) - 1 :]
+        keywords = [ast.keyword(k.arg, v) for k, v in zip(call.keywords, kwvalues)]
+        return ast.Call(self.rw.visit(call.func), [items, *args], keywords)
+
+    def comprehension(self, node: ast.ListComp | ast.SetComp | ast.DictComp) -> ast.expr:
+        """A comprehension holding a site, compiled as the loops it stands for."""
+        acc = self.new_tmp()
+        self.locals.add(acc)
+        make = {ast.ListComp: "list", ast.SetComp: "set", ast.DictComp: "dict"}[type(node)]
+        self.emit(
+            ast.Assign(
+                [self.local(acc, ast.Store())],
+                ast.Call(ast.Name(f"__ppl_{make}", ast.Load()), [], []),
+            )
+        )
+        target = ast.Name(acc, ast.Load())
+        if isinstance(node, ast.DictComp):  # the key, then the value, as Python evaluates them
+            add = ast.Call(
+                ast.Attribute(target, "__setitem__", ast.Load()), [node.key, node.value], []
+            )
+        else:
+            method = "append" if make == "list" else "add"
+            add = ast.Call(ast.Attribute(target, method, ast.Load()), [node.elt], [])
+        self.comprehension_loops(node, [ast.Expr(add)])
+        return self.local(acc)
+
+    def comprehension_loops(
+        self, node: ast.AST, inner: list[ast.stmt], stop: str | None = None, found: bool = True
+    ) -> None:
+        """Lower the loops of comprehension `node` around `inner`; its variables are renamed so
+        they stay its own. With `stop`, every loop ends once local `stop` holds `found`."""
+        n = next(self.tmp)
+        names: dict[str, str] = {}
+        for gen in node.generators:  # type: ignore[attr-defined]
+            if gen.is_async:
+                self.error(node, "an async comprehension")
+            for t in ast.walk(gen.target):
+                if isinstance(t, ast.Name):
+                    names[t.id] = f"__comp{n}_{t.id}"
+        self.locals |= set(names.values())
+        renamer = _Renamer(names)
+        body = [renamer.visit(s) for s in inner]
+        generators = node.generators  # type: ignore[attr-defined]
+        for i in range(len(generators) - 1, -1, -1):
+            gen = generators[i]
+            for cond in reversed(gen.ifs):
+                body = [ast.If(renamer.visit(cond), body, [])]
+            # the first iterable is evaluated outside the comprehension's scope
+            iterable = gen.iter if i == 0 else renamer.visit(gen.iter)
+            loop: list[ast.stmt] = [ast.For(renamer.visit(gen.target), iterable, body, [])]
+            if stop is not None and i > 0:
+                ended = ast.Compare(ast.Name(stop, ast.Load()), [ast.Is()], [ast.Constant(found)])
+                loop.append(ast.If(ended, [ast.Break()], []))
+            body = loop
+        for s in body:
+            for sub in ast.walk(s):
+                if "lineno" in sub._attributes and not hasattr(sub, "lineno"):
+                    ast.copy_location(sub, node)
+            saved, self.loc = self.loc, node
+            self.stmt(s)
+            self.loc = saved
+
+    def chained(self, node: ast.Compare) -> ast.expr:
+        """`a < b < c`: each link as `and` would, so a false link stops the rest."""
+        result, join = self.new_tmp(), self.new_block()
+        left = self.expr(node.left)
+        if self.has_site(node.comparators[0]) and not isinstance(node.left, ast.Constant):
+            left = self.keep(left)
+        last = len(node.ops) - 1
+        for i, (op, comparator) in enumerate(zip(node.ops, node.comparators)):
+            right = self.expr(comparator)
+            if i < last:
+                right = self.keep(right)  # also the next link's left
+            self.emit(
+                ast.Assign([self.local(result, ast.Store())], ast.Compare(left, [op], [right]))
+            )
+            if i < last:
+                more = self.new_block()
+                self.branch(self.local(result), more, join)
+                self.cur = more
+            left = right
+        self.goto(join)
+        self.cur = join
+        return self.local(result)
+
+    def keep(self, value: ast.expr) -> ast.expr:
+        """An evaluated expression stored in a temporary."""
+        tmp = self.new_tmp()
+        self.emit(ast.Assign([self.local(tmp, ast.Store())], value))
+        return self.local(tmp)
 
     def boolop(self, node: ast.BoolOp) -> ast.expr:
         tmp, join = self.new_tmp(), self.new_block()
@@ -865,8 +1569,12 @@ class _Compiler:
 
     def stmt(self, s: ast.stmt) -> None:
         self.loc = s
+        if isinstance(s, ast.Nonlocal) and self.outer is not None:
+            return  # its names are read from the program's locals (`_OUTER`)
         if not self.has_site(s) and not self.escapes(s):
-            self.emit(self.rw.visit(s))  # plain Python, kept whole
+            kept = self.rw.visit(s)  # plain Python, kept whole
+            for k in kept if isinstance(kept, list) else [kept]:
+                self.emit(k)
             return
         method = getattr(self, f"stmt_{type(s).__name__}", None)
         if method is None:
@@ -883,7 +1591,11 @@ class _Compiler:
 
     def stmt_Assign(self, s: ast.Assign) -> None:
         if any(self.has_site(t) for t in s.targets):
-            self.error(s, "a primitive or program call inside an assignment target")
+            # the value first, then each target left to right, as Python stores them
+            value = self.saved(s.value)
+            for t in s.targets:
+                self.store(t, value)
+            return
         direct = (
             s.targets[0].id if len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) else None
         )
@@ -894,10 +1606,64 @@ class _Compiler:
         self.emit(ast.Assign([self.rw.visit(t) for t in s.targets], value))
 
     def stmt_AugAssign(self, s: ast.AugAssign) -> None:
-        if self.has_site(s.target):
-            self.error(s, "a primitive or program call inside an assignment target")
+        t = s.target
+        if isinstance(t, ast.Name):
+            value = self.expr(s.value)
+            self.emit(ast.AugAssign(self.rw.visit(t), s.op, value))
+            return
+        # `obj[i] op= v`: obj and i, then the load of obj[i], then v, as Python orders them
+        obj = self.saved(t.value)
+        if isinstance(t, ast.Subscript):
+            index = self.saved(t.slice)
+            place: Callable[[ast.expr_context], ast.expr] = lambda ctx: ast.Subscript(
+                obj, index, ctx
+            )
+        else:
+            place = lambda ctx: ast.Attribute(obj, t.attr, ctx)  # noqa: E731
+        current = self.new_tmp()
+        self.emit(ast.Assign([self.local(current, ast.Store())], place(ast.Load())))
         value = self.expr(s.value)
-        self.emit(ast.AugAssign(self.rw.visit(s.target), s.op, value))
+        self.emit(ast.AugAssign(self.local(current, ast.Store()), s.op, value))
+        self.emit(ast.Assign([place(ast.Store())], self.local(current)))
+
+    def saved(self, node: ast.expr) -> ast.expr:
+        """Lower `node` and keep its value in a temporary, safe across later suspensions."""
+        if isinstance(node, ast.Constant):
+            return node
+        if isinstance(node, ast.Slice):  # `a:b` as an index: the slice object it makes
+            parts = [
+                ast.Constant(None) if p is None else p for p in (node.lower, node.upper, node.step)
+            ]
+            node = ast.copy_location(ast.Call(ast.Name("__ppl_slice", ast.Load()), parts, []), node)
+        value = self.expr(node)
+        tmp = self.new_tmp()
+        self.emit(ast.Assign([self.local(tmp, ast.Store())], value))
+        return self.local(tmp)
+
+    def store(self, target: ast.expr, value: ast.expr) -> None:
+        """Store `value` (a temporary) into `target`, suspending at the sites inside it."""
+        if not self.has_site(target):
+            self.emit(ast.Assign([self.rw.visit(target)], value))
+        elif isinstance(target, ast.Subscript):
+            obj, index = self.operands([target.value, target.slice])
+            self.emit(ast.Assign([ast.Subscript(obj, index, ast.Store())], value))
+        elif isinstance(target, ast.Attribute):
+            obj = self.expr(target.value)
+            self.emit(ast.Assign([ast.Attribute(obj, target.attr, ast.Store())], value))
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            # unpacked at once, then stored element by element
+            slots = [self.new_tmp() for _ in target.elts]
+            pattern = [
+                ast.Starred(self.local(t, ast.Store()), ast.Store())
+                if isinstance(e, ast.Starred)
+                else self.local(t, ast.Store())
+                for t, e in zip(slots, target.elts)
+            ]
+            self.emit(ast.Assign([ast.Tuple(pattern, ast.Store())], value))
+            for t, e in zip(slots, target.elts):
+                self.store(e.value if isinstance(e, ast.Starred) else e, self.local(t))
+        else:
+            self.error(target, "a primitive or program call inside this assignment target")
 
     def stmt_AnnAssign(self, s: ast.AnnAssign) -> None:
         if s.value is not None:
@@ -905,20 +1671,328 @@ class _Compiler:
 
     def stmt_Return(self, s: ast.Return) -> None:
         value = self.expr(s.value) if s.value is not None else ast.Constant(None)
-        self.terminate(ast.Return(ast.Tuple([ast.Constant(-1), value], ast.Load())))
+        self.terminate(*self.return_stmts(value))
+
+    def return_stmts(self, value: ast.expr) -> list[ast.stmt]:
+        """Return `value`: at once, or through the `finally` blocks around this point."""
+        if not self.finals:
+            return [ast.Return(ast.Tuple([ast.Constant(-1), value], ast.Load()))]
+        slot, entry = self.finals[-1]
+        pending = ast.Tuple([ast.Constant("return"), value], ast.Load())
+        return [
+            ast.Assign([self.local(slot, ast.Store())], pending),
+            ast.Return(ast.Constant(entry)),
+        ]
+
+    def jump(self, target: int, depth: int) -> None:
+        """Go to `target`, a block outside all but `depth` of the `finally` blocks around."""
+        if len(self.finals) <= depth:
+            self.goto(target)
+            return
+        slot, entry = self.finals[-1]
+        pending = ast.Tuple(
+            [ast.Constant("jump"), ast.Constant(target), ast.Constant(depth)], ast.Load()
+        )
+        self.terminate(
+            ast.Assign([self.local(slot, ast.Store())], pending), ast.Return(ast.Constant(entry))
+        )
+
+    def qualname(self) -> str:
+        if self.outer is None:
+            return self.fn.__qualname__
+        return f"{self.outer.qualname()}.<locals>.{self.tree.name}"
+
+    def outer_depth(self, name: str) -> int:
+        """How many programs out the variable `name` of a nested function lives."""
+        depth, c = 1, self.outer
+        while c is not None and name not in c.locals:
+            depth, c = depth + 1, c.outer
+        return depth
+
+    def made_function(self, node: ast.AST, value: ast.expr) -> ast.expr:
+        """What a `def` or lambda makes: the function, or a program if it makes choices."""
+        index = self.nested_index.get(id(node))
+        if index is None:  # a plain function: named as Python names it
+            name = node.name if isinstance(node, ast.FunctionDef) else "<lambda>"
+            qualname = ast.Constant(f"{self.qualname()}.<locals>.{name}")
+            return ast.Call(ast.Name("__ppl_named", ast.Load()), [value, qualname], [])
+        code = ast.Subscript(ast.Name("__ppl_codes", ast.Load()), ast.Constant(index), ast.Load())
+        return ast.Call(
+            ast.Name("__ppl_nested", ast.Load()), [value, code, ast.Name(_L, ast.Load())], []
+        )
+
+    def compile_nested(self) -> None:
+        """Compile the nested functions that make choices, before the body is lowered."""
+        for key, node in self.nested_programs.items():
+            if isinstance(node, ast.Lambda):
+                body: list[ast.stmt] = [ast.copy_location(ast.Return(node.body), node.body)]
+                tree = ast.FunctionDef("<lambda>", node.args, body, [], None)
+                tree = copy.deepcopy(ast.copy_location(tree, node))
+            else:
+                if node.decorator_list:
+                    self.error(
+                        node.decorator_list[0], "a decorated nested function that makes choices"
+                    )
+                tree = copy.deepcopy(node)
+            self.nested_index[key] = len(self.nested_codes)
+            self.nested_codes.append(_Compiler(self.source, self.fn, tree, self).compile())
+
+    def walrus(self, name: str, value: ast.expr) -> ast.expr:
+        """`name := value` for a local: stores it in the locals and gives the value."""
+        return ast.Call(
+            ast.Name("__ppl_walrus", ast.Load()),
+            [ast.Name(_L, ast.Load()), ast.Constant(name), value],
+            [],
+        )
+
+    def bind_captures(self, names: list[str]) -> ast.expr:
+        """A guard that copies the variables a `case` pattern captured into the locals."""
+        pairs = ast.Tuple(
+            [ast.Tuple([ast.Constant(n), ast.Name(n, ast.Load())], ast.Load()) for n in names],
+            ast.Load(),
+        )
+        return ast.Call(ast.Name("__ppl_bind", ast.Load()), [ast.Name(_L, ast.Load()), pairs], [])
+
+    def stmt_Match(self, s: ast.Match) -> None:
+        """`match` with choices in its cases: a plain `match` picks the case, then its body."""
+        subject = self.saved(s.subject)
+        if any(self.has_site(c.guard) or self.has_site(c.pattern) for c in s.cases):
+            self.error(s, "a primitive or program call in a `case` pattern or guard")
+        targets = [self.new_block() for _ in s.cases]
+        join = self.new_block()
+        cases = []
+        for c, target in zip(s.cases, targets):
+            case = self.rw.visit(ast.match_case(c.pattern, c.guard, [ast.Pass()]))
+            case.body = [ast.Return(ast.Constant(target))]
+            cases.append(case)
+        self.emit(ast.Match(subject, cases))
+        self.goto(join)  # no case matched
+        for c, target in zip(s.cases, targets):
+            self.cur = target
+            self.body(c.body)
+            self.goto(join)
+        self.cur = join
+
+    @staticmethod
+    def carry_on(exc: ast.expr) -> ast.stmt:
+        """Raise `exc` again from `Code.run`: as Python's re-raise, it adds no line of the
+        user's to the exception's traceback."""
+        return ast.Return(ast.Tuple([ast.Constant(-2), exc], ast.Load()))
+
+    def reraise(self) -> ast.expr:
+        """The exception a bare `raise` re-raises in the handler or `finally` being made."""
+        return ast.Call(ast.Name("__ppl_reraise", ast.Load()), [self.local(self.handling[-1])], [])
 
     def stmt_Assert(self, s: ast.Assert) -> None:
+        if sys.flags.optimize:  # `python -O` drops asserts
+            return
         test = self.expr(s.test)
-        self.emit(ast.Assert(test, self.expr(s.msg) if s.msg is not None else None))
+        failed, join = self.new_block(), self.new_block()
+        self.branch(test, join, failed)
+        self.cur = failed  # the message is evaluated only when the assertion fails
+        error: ast.expr = ast.Name("__ppl_assertion", ast.Load())
+        if s.msg is not None:
+            error = ast.Call(error, [self.expr(s.msg)], [])
+        self.terminate(ast.Raise(error, None))
+        self.cur = join
 
     def stmt_Pass(self, s: ast.Pass) -> None:
         pass
 
     def stmt_Break(self, s: ast.Break) -> None:
-        self.goto(self.loops[-1][1])
+        self.jump(self.loops[-1][1], self.loops[-1][2])
 
     def stmt_Continue(self, s: ast.Continue) -> None:
-        self.goto(self.loops[-1][0])
+        self.jump(self.loops[-1][0], self.loops[-1][2])
+
+    def stmt_Raise(self, s: ast.Raise) -> None:
+        exc = self.expr(s.exc) if s.exc is not None else None
+        cause = self.expr(s.cause) if s.cause is not None else None
+        if exc is None and self.handling:  # a bare `raise`: the exception being handled
+            self.terminate(self.carry_on(self.reraise()))
+            return
+        self.terminate(ast.Raise(exc, cause))
+
+    # -- try and with ----------------------------------------------------------------------------
+
+    def stmt_Try(self, s: ast.Try) -> None:
+        if s.finalbody:
+            self.try_finally(s)
+        else:
+            self.try_except(s.body, s.handlers, s.orelse)
+
+    def try_except(
+        self, body: list[ast.stmt], handlers: list[ast.ExceptHandler], orelse: list[ast.stmt]
+    ) -> None:
+        """`try`/`except`/`else`: an exception raised in a block of the body is stored in a
+        local and the blocks go on at a dispatch block, which tests the handlers in order."""
+        exc = self.new_tmp()
+        dispatch, join = self.new_block(), self.new_block()
+        orelse_block = self.new_block() if orelse else join
+        outer, self.region = self.region, (exc, dispatch)
+        start = self.new_block()
+        self.goto(start)
+        self.cur = start
+        self.body(body)
+        self.goto(orelse_block)
+        self.region = outer
+        targets = []
+        self.cur = dispatch
+        for h in handlers:
+            self.loc = h
+            if self.has_site(h.type):
+                self.error(h, "a primitive or program call in an `except` clause's type")
+            target = self.new_block()
+            targets.append(target)
+            if h.type is None:
+                self.emit(ast.Return(ast.Constant(target)))
+                break
+            matches = ast.Call(
+                ast.Name("__ppl_matches", ast.Load()), [self.local(exc), self.rw.visit(h.type)], []
+            )
+            self.emit(ast.If(matches, [ast.Return(ast.Constant(target))], []))
+        self.terminate(self.carry_on(self.local(exc)))  # no handler matched
+        self.handling.append(exc)
+        for h, target in zip(handlers, targets):
+            self.cur = target
+            self.loc = h
+            if h.name is not None:
+                self.emit(ast.Assign([self.local(h.name, ast.Store())], self.local(exc)))
+            self.body(h.body)
+            if h.name is not None:  # Python deletes the name when its handler ends
+                pop = ast.Attribute(ast.Name(_L, ast.Load()), "pop", ast.Load())
+                self.emit(ast.Expr(ast.Call(pop, [ast.Constant(h.name), ast.Constant(None)], [])))
+            self.emit(ast.Assign([self.local(exc, ast.Store())], ast.Constant(None)))
+            self.goto(join)
+        self.handling.pop()
+        if orelse:
+            self.cur = orelse_block
+            self.body(orelse)
+            self.goto(join)
+        self.cur = join
+
+    def try_finally(self, s: ast.Try) -> None:
+        """`finally`: every way out of the protected part (falling through, an exception,
+        `return`, `break`, `continue`) stores its pending action in a local and goes to the
+        `finally` body, whose end carries the action out."""
+        slot = self.new_tmp()
+        entry, join = self.new_block(), self.new_block()
+        self.emit(ast.Assign([self.local(slot, ast.Store())], ast.Constant(None)))
+        outer, self.region = self.region, (slot, entry)
+        self.finals.append((slot, entry))
+        start = self.new_block()
+        self.goto(start)
+        self.cur = start
+        if s.handlers:
+            self.try_except(s.body, s.handlers, s.orelse)
+        else:
+            self.body(s.body)
+        self.goto(entry)
+        self.finals.pop()
+        self.region = outer
+        self.cur = entry
+        self.handling.append(slot)
+        self.body(s.finalbody)
+        self.handling.pop()
+        self.loc = s.finalbody[-1]
+        pending = ast.Name("__ppl_pending", ast.Load())
+        self.emit(ast.Assign([ast.Name("__ppl_pending", ast.Store())], self.local(slot)))
+        self.emit(ast.Assign([self.local(slot, ast.Store())], ast.Constant(None)))
+        self.emit(
+            ast.If(
+                ast.Compare(pending, [ast.Is()], [ast.Constant(None)]),
+                [ast.Return(ast.Constant(join))],
+                [],
+            )
+        )
+        is_exc = ast.Call(
+            ast.Name("isinstance", ast.Load()), [pending, ast.Name("BaseException", ast.Load())], []
+        )
+        self.emit(ast.If(is_exc, [self.carry_on(pending)], []))
+        kind = ast.Subscript(pending, ast.Constant(0), ast.Load())
+        value = ast.Subscript(pending, ast.Constant(1), ast.Load())
+        self.emit(
+            ast.If(
+                ast.Compare(kind, [ast.Eq()], [ast.Constant("return")]),
+                self.return_stmts(value),
+                [],
+            )
+        )
+        # a jump (break, continue): to its target, or first through the next `finally` out
+        if self.finals:
+            depth = ast.Subscript(pending, ast.Constant(2), ast.Load())
+            outer_slot, outer_entry = self.finals[-1]
+            self.emit(
+                ast.If(
+                    ast.Compare(depth, [ast.Lt()], [ast.Constant(len(self.finals))]),
+                    [
+                        ast.Assign([self.local(outer_slot, ast.Store())], pending),
+                        ast.Return(ast.Constant(outer_entry)),
+                    ],
+                    [],
+                )
+            )
+        self.terminate(ast.Return(value))
+        self.cur = join
+
+    def stmt_With(self, s: ast.With) -> None:
+        """`with` as Python defines it (PEP 343), in terms of `try`/`except`/`finally`."""
+        item, rest = s.items[0], s.items[1:]
+        n = next(self.tmp)
+        mgr, exit_, ok, err = (f"__with{n}_{x}" for x in ("mgr", "exit", "ok", "err"))
+        self.locals |= {mgr, exit_, ok, err}
+
+        def name(x: str, ctx: ast.expr_context | None = None) -> ast.Name:
+            return ast.Name(x, ctx or ast.Load())
+
+        value = self.expr(item.context_expr)
+        self.loc = s
+        self.emit(ast.Assign([self.local(mgr, ast.Store())], value))
+        entered = ast.Call(ast.Name("__ppl_enter", ast.Load()), [self.local(mgr)], [])
+        self.emit(
+            ast.Assign(
+                [
+                    ast.Tuple(
+                        [self.local(exit_, ast.Store()), name("__ppl_entered", ast.Store())],
+                        ast.Store(),
+                    )
+                ],
+                entered,
+            )
+        )
+        body: list[ast.stmt] = []
+        if item.optional_vars is not None:
+            self.emit(ast.Assign([self.rw.visit(item.optional_vars)], name("__ppl_entered")))
+        body += [ast.With(rest, s.body)] if rest else s.body
+        self.emit(ast.Assign([self.local(ok, ast.Store())], ast.Constant(True)))
+        call_exit = ast.Call(
+            name(exit_),
+            [
+                name(mgr),
+                ast.Call(name("type"), [name(err)], []),
+                name(err),
+                ast.Attribute(name(err), "__traceback__", ast.Load()),
+            ],
+            [],
+        )
+        handler = ast.ExceptHandler(
+            name("BaseException"),
+            err,
+            [
+                ast.Assign([name(ok, ast.Store())], ast.Constant(False)),
+                ast.If(ast.UnaryOp(ast.Not(), call_exit), [ast.Raise(None, None)], []),
+            ],
+        )
+        final = ast.If(
+            name(ok),
+            [ast.Expr(ast.Call(name(exit_), [name(mgr), *[ast.Constant(None)] * 3], []))],
+            [],
+        )
+        tree = ast.Try([ast.Try(body, [handler], [], [])], [], [], [final])
+        for node in ast.walk(tree):
+            if "lineno" in node._attributes and not hasattr(node, "lineno"):
+                ast.copy_location(node, s)
+        self.stmt(tree)
 
     def stmt_If(self, s: ast.If) -> None:
         test = self.expr(s.test)
@@ -946,30 +2020,46 @@ class _Compiler:
         self.loop(s, header, body, after, orelse)
 
     def stmt_For(self, s: ast.For) -> None:
-        seq, idx = self.new_tmp(), self.new_tmp()
+        # as CPython runs it: iter() once, next() before each pass (see `ppl.loops`)
+        it = self.new_tmp()
         iterable = self.expr(s.iter)
         self.emit(
             ast.Assign(
-                [self.local(seq, ast.Store())],
-                ast.Call(ast.Name("__ppl_sequence", ast.Load()), [iterable], []),
+                [self.local(it, ast.Store())],
+                ast.Call(ast.Name("__ppl_iter", ast.Load()), [iterable], []),
             )
         )
-        self.emit(ast.Assign([self.local(idx, ast.Store())], ast.Constant(0)))
-        header, body, after = self.new_block(), self.new_block(), self.new_block()
+        self.loop_slots.append((it, f"{self.filename}:{s.lineno}"))
+        header, after = self.new_block(), self.new_block()
         orelse = self.new_block() if s.orelse else after
         self.goto(header)
         self.cur = header
-        length = ast.Call(ast.Name("len", ast.Load()), [self.local(seq)], [])
-        self.branch(ast.Compare(self.local(idx), [ast.Lt()], [length]), body, orelse)
-        self.cur = body
-        item = ast.Subscript(self.local(seq), self.local(idx), ast.Load())
+        item = ast.Name("__ppl_item", ast.Load())
+        self.emit(
+            ast.Assign(
+                [ast.Name("__ppl_item", ast.Store())],
+                ast.Call(
+                    ast.Name("__ppl_next", ast.Load()),
+                    [self.local(it), ast.Name("__ppl_done", ast.Load())],
+                    [],
+                ),
+            )
+        )
+        self.emit(
+            ast.If(
+                ast.Compare(item, [ast.Is()], [ast.Name("__ppl_done", ast.Load())]),
+                [ast.Return(ast.Constant(orelse))],
+                [],
+            )
+        )
         self.emit(ast.Assign([self.rw.visit(s.target)], item))
-        self.emit(ast.AugAssign(self.local(idx, ast.Store()), ast.Add(), ast.Constant(1)))
-        self.loop(s, header, body, after, orelse)
+        self.loop(s, header, header, after, orelse)
+        # the loop is over (exhausted or left by `break`): it lets go of its iterator
+        self.emit(ast.Assign([self.local(it, ast.Store())], ast.Constant(None)))
 
     def loop(self, s: ast.For | ast.While, header: int, body: int, after: int, orelse: int) -> None:
         self.cur = body
-        self.loops.append((header, after))
+        self.loops.append((header, after, len(self.finals)))
         self.body(s.body)
         self.loops.pop()
         self.goto(header)
@@ -982,6 +2072,7 @@ class _Compiler:
     # -- code generation -----------------------------------------------------------------------
 
     def compile(self) -> Code:
+        self.compile_nested()
         self.cur = self.new_block()
         self.body(self.tree.body)
         self.loc = self.tree.body[-1] if self.tree.body else self.tree
@@ -1012,7 +2103,11 @@ class _Compiler:
         )
         factory_args = ast.arguments(
             posonlyargs=[],
-            args=[ast.arg("__cells"), ast.arg("__ppl_sequence")],
+            args=[
+                ast.arg("__cells"),
+                *(ast.arg(name) for name in _RUNTIME),
+                ast.arg("__ppl_codes"),
+            ],
             kwonlyargs=[],
             kw_defaults=[],
             defaults=[],
@@ -1026,21 +2121,97 @@ class _Compiler:
         exec(compile(module, self.filename, "exec"), namespace)
         # rebind to the user's module globals so global names are looked up live
         made = types.FunctionType(namespace["__ppl_factory"].__code__, self.fn.__globals__)
-        blocks = made(tuple(self.fn.__closure__ or ()), _sequence)
+        blocks = made(tuple(self.fn.__closure__ or ()), *_RUNTIME.values(), self.nested_codes)
+        qualname = self.qualname()
         for b in blocks:
             b.__code__ = (
-                b.__code__.replace(co_name=fn_name, co_qualname=self.fn.__qualname__)
+                b.__code__.replace(co_name=fn_name, co_qualname=qualname)
                 if hasattr(b.__code__, "co_qualname")
                 else b.__code__.replace(co_name=fn_name)
             )
-        return Code(fn_name, blocks, self.sites, inspect.signature(self.fn))
+        regions = any(r is not None for r in self.block_regions) or any(self.block_handling)
+        return Code(
+            fn_name,
+            blocks,
+            self.sites,
+            inspect.signature(self.fn) if self.outer is None else inspect.Signature(),
+            tuple(self.loop_slots),
+            tuple(self.block_regions) if regions else (),
+            tuple(self.block_handling) if regions else (),
+            qualname,
+        )
 
 
-def _sequence(iterable: Any) -> Any:
-    """What a `for` loop iterates over, in a form that forks by value (an index into it)."""
-    if isinstance(iterable, (range, tuple, str, bytes)):
-        return iterable
-    return tuple(iterable)
+_DONE = object()  # what `next` gives a compiled `for` when its iterator is exhausted
+
+
+@runtime.raises_for_python
+def _matches(exc: BaseException, types: Any) -> bool:
+    """Whether `except types:` catches `exc`, checked as Python checks it."""
+    for t in types if isinstance(types, tuple) else (types,):
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(
+                "catching classes that do not inherit from BaseException is not allowed"
+            )
+    return isinstance(exc, types)
+
+
+@runtime.raises_for_python
+def _enter(manager: Any) -> tuple[Any, Any]:
+    """A `with` statement's start: the manager's `__exit__` and what `__enter__` returned."""
+    cls = type(manager)
+    try:
+        enter, exit_ = cls.__enter__, cls.__exit__
+    except AttributeError:
+        raise TypeError(
+            f"'{cls.__name__}' object does not support the context manager protocol"
+        ) from None
+    return exit_, enter(manager)
+
+
+@runtime.raises_for_python
+def _reraise(handled: Any) -> BaseException:
+    """What a bare `raise` raises in a handler the compiler split into blocks."""
+    if isinstance(handled, BaseException):
+        return handled
+    return RuntimeError("No active exception to reraise")
+
+
+def _named(fn: Any, qualname: str) -> Any:
+    fn.__qualname__ = qualname
+    return fn
+
+
+def _walrus(L: dict, name: str, value: Any) -> Any:
+    L[name] = value
+    return value
+
+
+def _bind(L: dict, pairs: tuple) -> bool:
+    for name, value in pairs:
+        L[name] = value
+    return True
+
+
+# The names the generated blocks use for the runtime's helpers (never the user's globals, which
+# may shadow a builtin)
+_RUNTIME: dict[str, Any] = {
+    "__ppl_iter": iter,
+    "__ppl_next": next,
+    "__ppl_done": _DONE,
+    "__ppl_matches": _matches,
+    "__ppl_enter": _enter,
+    "__ppl_reraise": _reraise,
+    "__ppl_slice": slice,
+    "__ppl_list": list,
+    "__ppl_set": set,
+    "__ppl_dict": dict,
+    "__ppl_walrus": _walrus,
+    "__ppl_bind": _bind,
+    "__ppl_assertion": AssertionError,
+    "__ppl_nested": lambda fn, code, outer: NestedProgram(fn, code, outer),
+    "__ppl_named": _named,
+}
 
 
 def _is_suspending(obj: Any) -> bool:

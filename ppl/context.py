@@ -397,6 +397,17 @@ class NextToken:
         token_id = int(rng.choice(len(probs), p=probs / probs.sum()))
         return self.context.lm.token(token_id)
 
+    def draw(self, generator: torch.Generator) -> Token:
+        """A token drawn with `generator` exactly as the scheduler draws the token of a particle
+        alone in its step (`_draw_batch` of this one distribution).
+
+        A direct run under `ppl.handlers.seed` draws its tokens with it, from the torch
+        generator of its seed, so it makes the choices of `importance(..., particles=1)`.
+        """
+        for ctx in self._contexts():
+            ctx.logprobs()
+        return self._draw_batch([self], generator)[0][0]
+
     def __deepcopy__(self, memo: dict) -> NextToken:
         return self
 

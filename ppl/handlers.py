@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ppl.runtime import _SCOPES, _STACK, BaseProgram, Message, Scope, as_log_weight, generators
+from ppl.runtime import _SCOPE, _STACK, BaseProgram, Message, Scope, as_log_weight, generators
 from ppl.trace import Choice, Trace
 
 
@@ -28,14 +28,18 @@ class Messenger:
         self.fn = fn
 
     def __enter__(self) -> Messenger:
-        _STACK.append(self)
+        _STACK.set((*_STACK.get(), self))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if _STACK and _STACK[-1] is self:
-            _STACK.pop()
-        else:  # left out of order (an exception in a nested handler): remove this one
-            _STACK.remove(self)
+        # the stack this one extended: this context's own, so another thread's or task's
+        # handlers never leave it
+        stack = _STACK.get()
+        if stack and stack[-1] is self:
+            _STACK.set(stack[:-1])
+        elif self in stack:  # left out of order (entered and left by hand): remove this one
+            i = len(stack) - 1 - stack[::-1].index(self)
+            _STACK.set(stack[:i] + stack[i + 1 :])
 
     def process_message(self, msg: Message) -> None:
         """Called before the value is drawn, innermost handler first."""
@@ -51,15 +55,15 @@ class Messenger:
                 f"or use it as `with {name}(...):`"
             )
         # a plain-function model gets an address scope of its own, as a program has
-        root = not _SCOPES and not isinstance(self.fn, (BaseProgram, Messenger))
-        with self:
-            if root:
-                _SCOPES.append(Scope(""))
-            try:
+        if _SCOPE.get() is not None or isinstance(self.fn, (BaseProgram, Messenger)):
+            with self:
                 return self.fn(*args, **kwargs)
-            finally:
-                if root:
-                    _SCOPES.pop()
+        token = _SCOPE.set(Scope(""))
+        try:
+            with self:
+                return self.fn(*args, **kwargs)
+        finally:
+            _SCOPE.reset(token)
 
 
 class trace(Messenger):
@@ -125,8 +129,9 @@ class seed(Messenger):
     """Draw every choice from generators seeded by `rng_seed`.
 
     Each run under the handler starts from the same state, and makes the same choices as the
-    first particle of an inference run with `seed=rng_seed`. NumPyro keys come from the same
-    generator.
+    particle of `ppl.importance(program, particles=1, seed=rng_seed)`: values of distributions
+    (and NumPyro keys) from its NumPy generator, language-model tokens from its torch generator,
+    drawn as the engine draws them (see `ppl.runtime.generators`).
 
     >>> from ppl import program, sample
     >>> from ppl.distributions import Categorical
@@ -144,11 +149,15 @@ class seed(Messenger):
         self.rng_seed = rng_seed
 
     def __enter__(self) -> seed:
-        _, self.rng, _ = generators(self.rng_seed)
+        _, self.rng, self.torch_gen = generators(self.rng_seed)
         return super().__enter__()  # type: ignore[return-value]
 
     def process_message(self, msg: Message) -> None:
-        msg["infer"].setdefault("rng", self.rng)  # an inner seed handler wins
+        infer = msg["infer"]
+        if "rng" not in infer:  # an inner seed handler wins
+            # values of distributions from the NumPy generator, tokens from the torch one
+            infer["rng"] = self.rng
+            infer["torch_gen"] = self.torch_gen
 
 
 class condition(Messenger):

@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from ppl.context import NextToken
 from ppl.distributions import as_distribution, proposed
 from ppl.handlers import condition as _condition_handler
-from ppl.runtime import _IN_COMPILED, _SCOPES, _STACK, Message, as_log_weight
+from ppl.runtime import _IN_COMPILED, _SCOPE, _STACK, Message, as_log_weight
 from ppl.runtime import Scope as Scope  # re-exported: the run's shared state lived here
 from ppl.runtime import generators as generators
 from ppl.trace import Site, address_of
+
+_COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
 
 
 def direct_address(name: str | None, depth: int) -> tuple[str, Site]:
@@ -37,15 +40,19 @@ def direct_address(name: str | None, depth: int) -> tuple[str, Site]:
     frame = sys._getframe(depth + 1)
     line = frame.f_lineno
     code = frame.f_code
-    site = Site(
-        code.co_filename, line, code.co_name, linecache.getline(code.co_filename, line).strip()
-    )
-    if not _SCOPES:  # outside any program or handler: nothing to count against
-        return address_of("", name, code.co_name, line, 0), site
-    scope = _SCOPES[-1]
+    function = code.co_name
+    while function in _COMPREHENSIONS and frame.f_back is not None:
+        # a comprehension's own frame (before Python 3.12): its function is the one around it,
+        # as for the compiled comprehension
+        frame = frame.f_back
+        function = frame.f_code.co_name
+    site = Site(code.co_filename, line, function, linecache.getline(code.co_filename, line).strip())
+    scope = _SCOPE.get()
+    if scope is None:  # outside any program or handler: nothing to count against
+        return address_of("", name, function, line, 0), site
     k = scope.counts.get(line, 0)
     scope.counts[line] = k + 1
-    return address_of(scope.prefix, name, code.co_name, line, k), site
+    return address_of(scope.prefix, name, function, line, k), site
 
 
 def caller_location(depth: int) -> str:
@@ -130,22 +137,29 @@ def is_traced(value: Any) -> bool:
 
 
 def _apply(msg: Message) -> Any:
-    if _IN_COMPILED[0]:
+    if _IN_COMPILED.get():
         raise RuntimeError(
             f"{msg['type']}() was called from a plain function inside a program under inference. "
             "Decorate that function with @ppl.program so the compiler can suspend it."
         )
+    stack = _STACK.get()
     visited = 0
-    for handler in reversed(_STACK):
+    for handler in reversed(stack):
         visited += 1
         handler.process_message(msg)
         if msg["stop"]:
             break
     if msg["value"] is None and msg["type"] == "sample":
-        rng = msg["infer"].get("rng")
-        msg["value"] = msg["fn"].sample(rng if rng is not None else np.random.default_rng())
+        fn = msg["fn"]
+        infer = msg["infer"]
+        torch_gen = infer.get("torch_gen")
+        if torch_gen is not None and isinstance(fn, NextToken):
+            msg["value"] = fn.draw(torch_gen)  # as the engine draws a lone particle's token
+        else:
+            rng = infer.get("rng")
+            msg["value"] = fn.sample(rng if rng is not None else np.random.default_rng())
     # a handler that stopped the message hides it from the handlers outside it, both ways
-    for handler in _STACK[len(_STACK) - visited :]:
+    for handler in stack[len(stack) - visited :]:
         handler.postprocess_message(msg)
     return msg["value"]
 

@@ -5,6 +5,12 @@ stack), then `ppl.primitives` (which send messages through it), then `ppl.compil
 which open address scopes and apply the `condition` handler). Everything more than one of them
 reads or changes lives here, and `ppl.primitives` re-exports it (its old home).
 
+The state of a run (`_STACK`, `_SCOPE`, `_IN_COMPILED`) is context-local: each is a
+`contextvars.ContextVar` holding an immutable value, so every thread, asyncio task and greenlet
+sees its own, and whoever changes one restores what it found (`ContextVar.reset`, or the stack
+popped back to the tuple it extended). A nested run (a helper that calls `ppl.smc` from inside
+a program) leaves its caller's state as it was.
+
 `BaseProgram` is the base class of `ppl.compiler.Program`: the handlers tell a program from a
 plain function by it without importing the compiler, which sits above them.
 """
@@ -12,16 +18,20 @@ plain function by it without importing the compiler, which sits above them.
 from __future__ import annotations
 
 import math
+import os
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
-# The handler stack for direct runs, innermost last.
-_STACK: list[Any] = []
+#: The handler stack for direct runs, innermost last: a tuple, replaced (never changed in place)
+#: when a handler enters or leaves.
+_STACK: ContextVar[tuple[Any, ...]] = ContextVar("ppl_handler_stack", default=())
 
-# Set by the inference engine while it executes compiled code. A primitive reached then was
-# called from a plain function that a program called, which the compiler could not see.
-_IN_COMPILED: list[bool] = [False]
+#: True while the inference engine executes compiled code (`Engine.advance` sets it and resets
+#: it to what it was). A primitive reached then was called from a plain function that a program
+#: called, which the compiler could not see.
+_IN_COMPILED: ContextVar[bool] = ContextVar("ppl_in_compiled", default=False)
 
 
 class Scope:
@@ -34,8 +44,9 @@ class Scope:
         self.counts: dict[int, int] = {}
 
 
-# Address scopes of the programs running directly, innermost last.
-_SCOPES: list[Scope] = []
+#: The address scope of the innermost program running directly (None outside any): each
+#: program call sets its own and resets the one it found when it returns.
+_SCOPE: ContextVar[Scope | None] = ContextVar("ppl_scope", default=None)
 
 
 class Message(dict):
@@ -79,8 +90,11 @@ def generators(seed: int | None) -> tuple[int, np.random.Generator, Any]:
     """The run's seed entropy, NumPy generator and torch generator, all derived from `seed`.
 
     Inference runs and `ppl.handlers.seed` both use it, so a program run directly under
-    `seed(program, s)` makes the same choices as its first particle under `importance(...,
-    seed=s)`. NumPyro keys are drawn from the NumPy generator.
+    `seed(program, s)` makes the same choices as the one particle of `importance(...,
+    particles=1, seed=s)`: values of distributions from the NumPy generator (NumPyro keys too),
+    language-model tokens from the torch generator, drawn as the engine draws them
+    (`NextToken.draw`). That holds for `particles=1` only: with more, the engine draws from the
+    same generators for every particle, a step at a time, so particle 0 soon differs.
     """
     import torch
 
@@ -90,3 +104,36 @@ def generators(seed: int | None) -> tuple[int, np.random.Generator, Any]:
         int(torch_seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
     )
     return seq.entropy, np.random.default_rng(np_seq), torch_gen
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# Code of ppl's that raises Python's own errors on the user's behalf (a compiled program's
+# unbound local, a dict changed size during its loop): such an error is the user's.
+_AS_PYTHON: set[Any] = set()
+
+
+def raises_for_python(fn: Any) -> Any:
+    """Mark `fn` as raising Python's errors for the user's code (see `raised_by_ppl`)."""
+    _AS_PYTHON.add(fn.__code__)
+    return fn
+
+
+def raised_by_ppl(error: BaseException) -> bool:
+    """Did ppl's own code raise `error` (a misuse of ppl, or a fault of ppl's), not the user's?
+
+    Told by the frame that raised it (the innermost of its traceback): a frame of ppl's source
+    is ppl's; the user's program (compiled code keeps the user's file), the plain functions it
+    calls, the libraries they call and the user's own callbacks are the user's. A user's
+    exception that ppl passes on keeps the frame that raised it.
+    `errors="drop"` drops the user's exceptions only.
+    """
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if code in _AS_PYTHON:
+        return False
+    return os.path.abspath(code.co_filename).startswith(_PACKAGE)

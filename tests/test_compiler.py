@@ -223,17 +223,16 @@ def _line_of(fn, text):
     "source, construct",
     [
         (
-            "    try:\n        x = sample(ONE)\n    except ValueError:\n        pass\n",
-            "inside `try`",
+            "    @staticmethod\n    def g():\n        return sample(ONE)\n",
+            "decorated nested function",
         ),
-        ("    with open('f') as f:\n        x = sample(ONE)\n", "inside `with`"),
-        ("    f = lambda: sample(ONE)\n", "inside a lambda or comprehension"),
-        ("    xs = [sample(ONE) for _ in range(3)]\n", "inside a lambda or comprehension"),
-        ("    def g():\n        return 1\n", "nested `def`"),
+        ("    xs = zip(sample(ONE) for _ in range(3))\n", "generator expression"),
+        ("    class C:\n        pass\n", "nested `class`"),
+        ("    xs = sorted([1], key=lambda v: sample(ONE))\n", "lambda that makes choices"),
         ("    global ONE\n", "`global`"),
         ("    import os\n", "`import`"),
         ("    yield 1\n", "`yield`"),
-        ("    if (y := 3):\n        pass\n", "`:=`"),
+        ("    try:\n        pass\n    except* ValueError:\n        pass\n", "`except*`"),
     ],
 )
 def test_unsupported_constructs_name_file_line_and_construct(tmp_path, source, construct):

@@ -287,9 +287,9 @@ def no_b(n=3):
 
 @ppl.program
 def unsupported():
-    with open("data.txt"):
-        x = ppl.sample(ppl.distributions.Bernoulli(0.5))
-    return x
+    class Local:
+        x = 1
+    return ppl.sample(ppl.distributions.Bernoulli(0.5))
 """
 
 
@@ -310,7 +310,7 @@ def run_cell(source: str, filename: str) -> dict:
     "filename", ["<ipython-input-3-0c1d2e3f4a5b>", "/tmp/ipykernel_4242/2871934312.py"]
 )
 def test_a_program_compiles_from_a_notebook_cell(filename):
-    with pytest.raises(ppl.CompileError, match=re.escape(filename) + ":19: .*inside `with`"):
+    with pytest.raises(ppl.CompileError, match=re.escape(filename) + ":19: .*nested `class`"):
         run_cell(CELL, filename)  # errors name the cell and its line
     namespace = run_cell(CELL[: CELL.index("@ppl.program\ndef unsupported")], filename)
     post = ppl.importance(namespace["no_b"], particles=1000, seed=0)

@@ -10,6 +10,7 @@ import ppl.handlers
 from ppl import factor, observe, program, sample
 from ppl.distributions import Bernoulli, Categorical
 from ppl.handlers import block, condition, replay, scale, seed, trace
+from ppl.models.toy import FunctionLM
 
 DIGIT = Categorical(range(10))
 
@@ -94,7 +95,7 @@ def test_handler_without_function_says_how_to_use_it():
 
 
 def test_stack_is_clean_after_an_exception():
-    from ppl.primitives import _SCOPES, _STACK
+    from ppl.runtime import _SCOPE, _STACK
 
     @program
     def fails():
@@ -103,4 +104,40 @@ def test_stack_is_clean_after_an_exception():
 
     with pytest.raises(KeyError):
         trace(seed(fails, 0))()
-    assert _STACK == [] and _SCOPES == []
+    assert _STACK.get() == () and _SCOPE.get() is None
+
+
+VOCAB = ["<s>", "a", "b", "c", "<eos>"]
+# next-token probabilities given the last token: every prefix leaves several tokens possible
+NEXT = {0: [0, 0.5, 0.3, 0.15, 0.05], 1: [0, 0.3, 0.3, 0.2, 0.2], 2: [0, 0.4, 0.1, 0.3, 0.2]}
+toy = FunctionLM(VOCAB, lambda prefix: NEXT.get(prefix[-1], [0, 0.2, 0.4, 0.1, 0.3]), eos="<eos>")
+
+
+@program
+def chatter(n):
+    ctx = toy.context("<s>")
+    coins = []
+    for _ in range(n):
+        if sample(Bernoulli(0.5)):  # a value from the NumPy generator between the tokens
+            tok = sample(ctx.next_token())
+        else:  # a restricted token (ConstrainedNextToken): never "b" after "a"
+            tok = sample(ctx.next_token(where=lambda text: not text.endswith("ab")))
+        ctx = ctx + tok
+        coins.append(sample(DIGIT))
+        if tok.is_eos:
+            break
+    return ctx.text, coins
+
+
+def test_seed_draws_tokens_as_the_one_particle_of_importance():
+    texts = set()
+    for s in range(12):
+        tr = trace(seed(chatter, s)).get_trace(6)
+        post = ppl.importance(chatter, 6, particles=1, seed=s)
+        particle = post.traces[0]
+        assert [(c.address, c.value, c.log_prob) for c in particle] == [
+            (c.address, c.value, c.log_prob) for c in tr
+        ]
+        assert post.values[0] == seed(chatter, s)(6)
+        texts.add(post.values[0][0])
+    assert len(texts) >= 6  # the runs differ from seed to seed: the tokens are drawn

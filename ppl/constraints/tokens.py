@@ -138,9 +138,13 @@ class ConstrainedNextToken(NextToken):
 
     def sample(self, rng: np.random.Generator) -> Token:
         """A token from the restricted distribution, renormalised (direct runs: no weights)."""
-        gen = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+        return self.draw(torch.Generator().manual_seed(int(rng.integers(2**63 - 1))))
+
+    def draw(self, generator: torch.Generator) -> Token:
+        """`NextToken.draw`; a dead end (no allowed token) raises, where the scheduler gives the
+        particle weight zero."""
         self.context.logprobs()
-        token, log_p, _ = self._draw_batch([self], gen)[0]
+        token, log_p, _ = self._draw_batch([self], generator)[0]
         if log_p == -math.inf:
             raise ValueError(f"no allowed token follows {self.context!r}: a dead end")
         return token

@@ -28,8 +28,9 @@ from typing import Any
 from ppl.compiler import Code, Program, Site
 from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken, Token
 from ppl.distributions import Proposed
+from ppl.loops import copy_iterator
 from ppl.primitives import PRIMITIVES, parse_args
-from ppl.runtime import _IN_COMPILED, as_log_weight, generators
+from ppl.runtime import _IN_COMPILED, as_log_weight, generators, raised_by_ppl
 from ppl.trace import Choice, Trace
 
 # Choices fixed by `condition(program, data)`: (address prefix of that program's call, data).
@@ -117,9 +118,16 @@ class Particle:
     def fork(self) -> Particle:
         """An independent copy: frames copied by value, contexts and trace shared."""
         memo: dict[int, Any] = {}
+        counts: dict[int, dict] = {}  # a nested function's frame shares its caller's counts
         frames = [
             Frame(
-                f.code, f.pc, copy.deepcopy(f.L, memo), f.target, f.prefix, f.counts.copy(), f.fixed
+                f.code,
+                f.pc,
+                _copy_locals(f, memo),
+                f.target,
+                f.prefix,
+                counts.get(id(f.counts)) or counts.setdefault(id(f.counts), f.counts.copy()),
+                f.fixed,
             )
             for f in self.frames
         ]
@@ -138,6 +146,44 @@ class Particle:
     def to_trace(self) -> Trace:
         """The particle's choices so far, with their score (see `ppl.trace.Trace`)."""
         return Trace(self.trace.to_list() if self.trace is not None else [], self.log_likelihood)
+
+
+def _copy_locals(frame: Frame, memo: dict[int, Any]) -> dict:
+    """A frame's locals, copied by value: its loops' iterators first (`ppl.loops`)."""
+    L = frame.L
+    for slot, where in frame.code.loops:
+        it = L.get(slot)
+        if it is not None:
+            copy_iterator(it, memo, where)
+    try:
+        return copy.deepcopy(L, memo)
+    except (TypeError, copy.Error) as e:
+        for name, value in L.items():
+            if name.startswith("__"):
+                continue
+            try:
+                copy.deepcopy(value, memo)
+            except (TypeError, copy.Error):
+                raise TypeError(
+                    f"a particle of {frame.code.name} was forked (resampled), but its local "
+                    f"variable `{name}` holds a {type(value).__name__} object, which cannot be "
+                    f"copied ({e}); keep such objects out of a program's variables across its "
+                    "choices, or make them copyable"
+                ) from e
+        raise
+
+
+def _catching_frame(frames: list[Frame], e: Exception, top: int) -> Frame:
+    """The innermost of `frames[: top + 1]` whose `try` catches `e`, set to go on in its
+    handler, with the frames above it dropped; `e` is raised again if none catches it."""
+    for i in range(top, -1, -1):
+        frame = frames[i]
+        pc = frame.code.catch(frame.L, frame.pc, e)
+        if pc is not None:
+            del frames[i + 1 :]
+            frame.pc = pc
+            return frame
+    raise e
 
 
 class ProgramError(Exception):
@@ -182,7 +228,9 @@ class Engine:
 
     def advance(self, particles: Sequence[Particle]) -> None:
         """Run each live particle without a pending choice until it makes one or finishes."""
-        _IN_COMPILED[0] = True
+        # set for this context only, and reset to what it was: a nested run (a helper of a
+        # program that calls `ppl.smc`) leaves its caller's flag set
+        token = _IN_COMPILED.set(True)
         try:
             for i, p in enumerate(particles):
                 if p.alive and p.pending is None:
@@ -193,13 +241,15 @@ class Engine:
                             e.add_note(_which_particle(p, i, len(particles)))
                         raise
         finally:
-            _IN_COMPILED[0] = False
+            _IN_COMPILED.reset(token)
 
     def _advance(self, p: Particle) -> None:
         try:
             self._run(p)
-        except Exception as e:  # a failure inside the user's program
-            if self.errors == "raise":
+        except Exception as e:
+            # only the user's exceptions are dropped: ppl's own errors (misuse of ppl, faults
+            # of its own) always propagate
+            if self.errors == "raise" or raised_by_ppl(e):
                 raise
             p.error = e
             self.errors_seen[f"{type(e).__name__}: {e}"] += 1
@@ -210,101 +260,119 @@ class Engine:
         frames = p.frames
         frame = frames[-1]
         while True:
-            r = frame.code.run(frame.L, frame.pc)
-            if r[0] == -1:  # the program returned
-                frames.pop()
-                if not frames:
-                    p.done = True
-                    p.value = r[1]
-                    return
-                target = frame.target
-                frame = frames[-1]
-                if target is not None:
-                    frame.L[target] = r[1]
+            try:
+                r = frame.code.run(frame.L, frame.pc)
+            except Exception as e:  # not caught in its frame: a `try` of a caller's may
+                frame = _catching_frame(frames, e, len(frames) - 2)
                 continue
-            resume, target, site_id, callee, args, kwargs = r
-            frame.pc = resume
-            site = frame.code.sites[site_id]
-            kind = _primitive_kind(callee)
-            if kind is None:
-                if isinstance(callee, Program):
-                    prefix = self._address(frame, site, None) + "/"
-                    fixed = frame.fixed
-                    if callee.fixed:
-                        fixed = (*fixed, (prefix, callee.fixed))
-                    code = callee.code
-                    frame = Frame(code, 0, code.bind(args, kwargs), target, prefix, {}, fixed)
-                    frames.append(frame)
-                else:  # a local holding a plain callable
-                    frame.L[target] = callee(*args, **kwargs)
-                continue
-            if kind == "condition" and args and isinstance(args[-1], Mapping):
-                frame.L[target] = callee(*args, **kwargs)  # the handler form: a value, no site
-                continue
-            if (
-                kind == "sample"
-                and len(args) == 1
-                and args[0].__class__ is NextToken
-                and not kwargs
-            ):
-                name, obj, value = None, args[0], None  # the common case, without parsing
-            else:
-                try:
-                    name, obj, value = parse_args(kind, args, kwargs)
-                except TypeError as e:
-                    raise TypeError(f"{site}: {e}") from None
-            if kind == "sample" or kind == "observe":
-                address = self._address(frame, site, name)
-                if kind == "sample" and frame.fixed:
-                    value = _fixed_value(frame.fixed, address)
-                    if value is not _UNFIXED:
-                        kind = "observe"  # a choice fixed by condition(): an observation
-                if kind == "sample":
-                    if isinstance(obj, NextToken):
-                        p.pending = ("sample", obj, target, site, name, None, address)
+            try:
+                if r[0] == -1:  # the program returned
+                    frames.pop()
+                    if not frames:
+                        p.done = True
+                        p.value = r[1]
                         return
-                    if isinstance(obj, Continuation):
-                        raise TypeError(f"sample() at {site}: {SAMPLE_CONTINUATION}")
-                    value = obj.sample(self.rng)
-                    log_p = float(obj.log_prob(value))
-                    p.trace = _Trace(p.trace, Choice(site, name, value, log_p, address))
-                    frame.L[target] = value
-                    if obj.__class__ is Proposed:
-                        log_w = as_log_weight(obj.log_weight(value), f"sample() at {site}")
-                        if self._reweight(p, log_w, site):
-                            return
+                    target = frame.target
+                    frame = frames[-1]
+                    if target is not None:
+                        frame.L[target] = r[1]
                     continue
-                if isinstance(obj, NextToken):
-                    p.pending = ("observe", obj, target, site, name, value, address)
-                    return
-                if isinstance(obj, Continuation):  # its tokens are fed with the step's call
+                resume, target, site_id, callee, args, kwargs = r
+                frame.pc = resume
+                site = frame.code.sites[site_id]
+                kind = _primitive_kind(callee)
+                if kind is None:
+                    if isinstance(callee, Program) and callee.outer is not None:
+                        # a function nested in a program: its choices count in the scope of
+                        # the call it was made in, as a plain function's do in a direct run
+                        L = callee.code.bind(args, kwargs, share=True)
+                        L["__outer"] = callee.outer
+                        frame = Frame(
+                            callee.code, 0, L, target, frame.prefix, frame.counts, frame.fixed
+                        )
+                        frames.append(frame)
+                    elif isinstance(callee, Program):
+                        prefix = self._address(frame, site, None) + "/"
+                        fixed = frame.fixed
+                        if callee.fixed:
+                            fixed = (*fixed, (prefix, callee.fixed))
+                        code = callee.code
+                        frame = Frame(
+                            code, 0, code.bind(args, kwargs, share=True), target, prefix, {}, fixed
+                        )
+                        frames.append(frame)
+                    else:  # a local holding a plain callable
+                        frame.L[target] = callee(*args, **kwargs)
+                    continue
+                if kind == "condition" and args and isinstance(args[-1], Mapping):
+                    frame.L[target] = callee(*args, **kwargs)  # the handler form: a value, no site
+                    continue
+                if (
+                    kind == "sample"
+                    and len(args) == 1
+                    and args[0].__class__ is NextToken
+                    and not kwargs
+                ):
+                    name, obj, value = None, args[0], None  # the common case, without parsing
+                else:
                     try:
-                        scored = obj.observing(value)
-                    except (TypeError, ValueError) as e:
-                        raise type(e)(f"observe() at {site}: {e}") from None
-                    p.pending = ("observe", scored, target, site, name, value, address)
+                        name, obj, value = parse_args(kind, args, kwargs)
+                    except TypeError as e:
+                        raise TypeError(f"{site}: {e}") from None
+                if kind == "sample" or kind == "observe":
+                    address = self._address(frame, site, name)
+                    if kind == "sample" and frame.fixed:
+                        value = _fixed_value(frame.fixed, address)
+                        if value is not _UNFIXED:
+                            kind = "observe"  # a choice fixed by condition(): an observation
+                    if kind == "sample":
+                        if isinstance(obj, NextToken):
+                            p.pending = ("sample", obj, target, site, name, None, address)
+                            return
+                        if isinstance(obj, Continuation):
+                            raise TypeError(f"sample() at {site}: {SAMPLE_CONTINUATION}")
+                        value = obj.sample(self.rng)
+                        log_p = float(obj.log_prob(value))
+                        p.trace = _Trace(p.trace, Choice(site, name, value, log_p, address))
+                        frame.L[target] = value
+                        if obj.__class__ is Proposed:
+                            log_w = as_log_weight(obj.log_weight(value), f"sample() at {site}")
+                            if self._reweight(p, log_w, site):
+                                return
+                        continue
+                    if isinstance(obj, NextToken):
+                        p.pending = ("observe", obj, target, site, name, value, address)
+                        return
+                    if isinstance(obj, Continuation):  # its tokens are fed with the step's call
+                        try:
+                            scored = obj.observing(value)
+                        except (TypeError, ValueError) as e:
+                            raise type(e)(f"observe() at {site}: {e}") from None
+                        p.pending = ("observe", scored, target, site, name, value, address)
+                        return
+                    log_w = as_log_weight(obj.log_prob(value), f"observe() at {site}")
+                    p.log_likelihood += log_w
+                    frame.L[target] = value
+                elif kind == "twist":
+                    log_w = as_log_weight(obj, f"twist() at {site}")
+                    if log_w == -math.inf:
+                        raise ValueError(f"twist() at {site}: the twist is -inf; use condition()")
+                    p.twist += log_w
+                    frame.L[target] = None
+                elif kind == "factor":
+                    self._address(frame, site, name)
+                    log_w = as_log_weight(obj, f"factor() at {site}")
+                    p.log_likelihood += log_w
+                    frame.L[target] = None
+                else:  # condition
+                    self._address(frame, site, name)
+                    log_w = 0.0 if obj else -math.inf
+                    p.log_likelihood += log_w
+                    frame.L[target] = None
+                if self._reweight(p, log_w, site):
                     return
-                log_w = as_log_weight(obj.log_prob(value), f"observe() at {site}")
-                p.log_likelihood += log_w
-                frame.L[target] = value
-            elif kind == "twist":
-                log_w = as_log_weight(obj, f"twist() at {site}")
-                if log_w == -math.inf:
-                    raise ValueError(f"twist() at {site}: the twist is -inf; use condition()")
-                p.twist += log_w
-                frame.L[target] = None
-            elif kind == "factor":
-                self._address(frame, site, name)
-                log_w = as_log_weight(obj, f"factor() at {site}")
-                p.log_likelihood += log_w
-                frame.L[target] = None
-            else:  # condition
-                self._address(frame, site, name)
-                log_w = 0.0 if obj else -math.inf
-                p.log_likelihood += log_w
-                frame.L[target] = None
-            if self._reweight(p, log_w, site):
-                return
+            except Exception as e:  # raised at the site: the frame's own `try` may catch it
+                frame = _catching_frame(frames, e, len(frames) - 1)
 
     @staticmethod
     def _address(frame: Frame, site: Site, name: str | None) -> str:

@@ -71,7 +71,8 @@ def smc(
             particles, ESS, running log evidence): True shows it, False hides it, None (the
             default) shows it when stderr is a terminal or in a Jupyter notebook.
         errors: "raise" (an exception in a particle stops the run and propagates) or "drop"
-            (that particle gets weight zero; the errors are listed in `diagnostics`).
+            (that particle gets weight zero; the errors are listed in `diagnostics`). Errors
+            that ppl itself raises (misuse of ppl, faults of its own) always propagate.
         rejuvenation: an MCMC kernel (`ppl.MHKernel(...)`) applied to every particle after
             each resampling (resample-move SMC).
         record: keep per-step snapshots (texts, weights, ancestry, the prompt) in

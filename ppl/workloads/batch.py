@@ -30,6 +30,7 @@ exactly when no run can go on without it.
 
 from __future__ import annotations
 
+import contextvars
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ from typing import Any
 
 from greenlet import greenlet
 
-from ppl import runtime
 from ppl.context import Context
 from ppl.models.base import SHARED_CALLS, Fed, LanguageModel
 
@@ -88,7 +88,6 @@ class SharedSteps:
         exceptions (KeyboardInterrupt, ...) stop everything.
         """
         hub = greenlet.getcurrent()
-        outside = _language_state()  # what a run finds when it starts or the hub resumes
         pending = iter(jobs)
         keys: dict[greenlet, Any] = {}
         requests: list[_Request] = []
@@ -109,7 +108,11 @@ class SharedSteps:
                 except StopIteration:
                     exhausted = True
                     break
-                run = greenlet(_job_body(job, hub, outside), parent=hub)
+                run = greenlet(_job_body(job, hub), parent=hub)
+                # its own copy of the context it starts from (as an asyncio task has): the
+                # language's run state (`ppl.runtime`) and SHARED_CALLS are context-local, so
+                # what one run sets is never seen by another or by the hub
+                run.gr_context = contextvars.copy_context()
                 keys[run] = key
                 settle(run, run.switch())
             yield from finished
@@ -176,25 +179,9 @@ class SharedSteps:
             results[i] = Fed(calls[i], tokens[i])
 
 
-_State = tuple[bool, list, list]
-
-
-def _language_state() -> _State:
-    """The language's global state for direct runs (see `ppl.runtime`)."""
-    return runtime._IN_COMPILED[0], list(runtime._STACK), list(runtime._SCOPES)
-
-
-def _set_language_state(state: _State) -> None:
-    runtime._IN_COMPILED[0] = state[0]
-    runtime._STACK[:] = state[1]
-    runtime._SCOPES[:] = state[2]
-
-
-def _job_body(job: Callable[[], Any], hub: greenlet, outside: _State) -> Callable[[], Outcome]:
+def _job_body(job: Callable[[], Any], hub: greenlet) -> Callable[[], Outcome]:
     def body() -> Outcome:
-        SHARED_CALLS.set(
-            _suspend(hub, outside)
-        )  # this greenlet's own context: only its calls go to hub
+        SHARED_CALLS.set(_suspend(hub))  # this greenlet's own context: only its calls go to hub
         try:
             return Outcome(value=job())
         except Exception as e:
@@ -203,14 +190,8 @@ def _job_body(job: Callable[[], Any], hub: greenlet, outside: _State) -> Callabl
     return body
 
 
-def _suspend(hub: greenlet, outside: _State) -> Callable[[LanguageModel, Sequence[Context]], Fed]:
+def _suspend(hub: greenlet) -> Callable[[LanguageModel, Sequence[Context]], Fed]:
     def shared(lm: LanguageModel, contexts: Sequence[Context]) -> Fed:
-        # the language's direct-run state is global: each run keeps its own across the switch
-        mine = _language_state()
-        _set_language_state(outside)
-        try:
-            return hub.switch(_Request(greenlet.getcurrent(), lm, contexts))
-        finally:
-            _set_language_state(mine)
+        return hub.switch(_Request(greenlet.getcurrent(), lm, contexts))
 
     return shared

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import ppl
-from ppl import program, sample
+from ppl import factor, program, sample
+from ppl.distributions import Bernoulli
 from ppl.inference import notices
 from tests.inference.toy import no_double_a, toy_lm
 
@@ -88,3 +91,77 @@ def test_generate_with_no_tokens_to_draw():
     with pytest.warns(ppl.InferenceWarning, match="max_tokens reached without EOS"):
         post = ppl.smc(ppl.generate, toy_lm.context(""), max_tokens=0, particles=2, seed=0)
     assert post.failure
+
+
+# -- errors="drop" drops the program's exceptions, never ppl's own -----------------------------
+
+
+def _plain_sampler():
+    return sample(Bernoulli(0.5))
+
+
+@program
+def misuses(kind):
+    x = sample(Bernoulli(0.5))
+    if x:  # half the particles misuse ppl
+        if kind == "sample":
+            sample(5)  # not a distribution
+        elif kind == "factor":
+            factor("heavy")  # not a number
+        elif kind == "nan":
+            factor(float("nan"))
+        elif kind == "plain":
+            _plain_sampler()  # a primitive in a plain function
+        elif kind == "context":
+            toy_lm.context(42)  # a prompt that is not a str
+    return x
+
+
+MISUSES = {
+    "sample": (TypeError, r"sample\(\) needs a distribution .* got int: 5"),
+    "factor": (TypeError, "the log-weight must be a number, got str"),
+    "nan": (ValueError, "the log-weight is NaN"),
+    "plain": (RuntimeError, r"sample\(\) was called from a plain function"),
+    "context": (TypeError, r"lm.context\(\) takes the prompt as a str"),
+}
+
+
+@pytest.mark.parametrize("method", [ppl.smc, ppl.importance])
+@pytest.mark.parametrize("kind", MISUSES)
+def test_errors_drop_never_drops_ppls_own_errors(kind, method):
+    error, message = MISUSES[kind]
+    with pytest.raises(error, match=message) as raised:
+        method(misuses, kind, particles=8, seed=0)
+    with pytest.raises(error, match=message) as despite_drop:
+        method(misuses, kind, particles=8, seed=0, errors="drop")
+    assert type(despite_drop.value) is type(raised.value)
+    assert str(despite_drop.value) == str(raised.value)  # the message as it was
+
+
+def test_errors_drop_never_drops_a_fault_of_the_engine(monkeypatch):
+    from ppl.inference.engine import Engine
+
+    monkeypatch.setattr(Engine, "_address", None)  # the engine's own code now fails
+    with pytest.raises(TypeError, match="'NoneType' object is not callable"):
+        ppl.smc(misuses, "none", particles=8, seed=0, errors="drop")
+
+
+@program
+def divides(by_library):
+    x = sample(Bernoulli(0.5))
+    if x:  # half the particles raise the user's exception
+        if by_library:
+            json.loads("{")  # raised inside a library the program calls
+        return 1 / 0
+    return x
+
+
+@pytest.mark.parametrize("by_library", [False, True])
+def test_errors_drop_still_drops_the_users_exceptions(by_library):
+    with pytest.warns(ppl.InferenceWarning, match="raised and were dropped"):
+        post = ppl.smc(divides, by_library, particles=64, seed=0, errors="drop")
+    assert post.distribution() == {False: pytest.approx(1.0)}
+    name = "JSONDecodeError" if by_library else "ZeroDivisionError"
+    assert [k.split(":")[0] for k in post.diagnostics["errors"]] == [name]
+    # half of the particles are dropped: log Z estimates log 0.5 (64 particles, seeded)
+    assert -1.2 < post.log_evidence < -0.35
