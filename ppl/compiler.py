@@ -110,6 +110,11 @@ class Locals(dict):
             cls = value.__class__
             if cls in _ATOMIC:
                 out[name] = value
+            elif cls is _RANGE_ITERATOR:  # a `for` over a range: the cheapest exact copy
+                found = memo.get(id(value))
+                if found is None:
+                    found = memo[id(value)] = _copy_range_iterator(value)
+                out[name] = found
             elif cls is _BUILTIN_METHOD:
                 out[name] = _copy_builtin_method(value, memo)
             elif isinstance(value, BaseException):  # one being handled: keep where it was raised
@@ -123,6 +128,14 @@ class Locals(dict):
 
 _ATOMIC = frozenset({type(None), bool, int, float, str, bytes, complex, range})
 _BUILTIN_METHOD = type([].append)
+_RANGE_ITERATOR = type(iter(range(0)))
+
+
+def _copy_range_iterator(it: Any) -> Any:
+    _, (numbers,), position = it.__reduce__()
+    out = iter(numbers)
+    out.__setstate__(position)
+    return out
 
 
 def _rebind_closure(fn: types.FunctionType, old: Locals, new: Locals, memo: dict) -> Any:

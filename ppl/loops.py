@@ -32,7 +32,7 @@ class LoopForkError(TypeError):
 
 
 # iterators whose `deepcopy` is exact: a sequence (copied through the memo) and an index
-_PLAIN = frozenset(
+PLAIN_ITERATORS = _PLAIN = frozenset(
     type(x)
     for x in (
         iter([]),

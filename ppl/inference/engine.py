@@ -28,7 +28,7 @@ from typing import Any
 from ppl.compiler import Code, Program, Site
 from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken, Token
 from ppl.distributions import Proposed
-from ppl.loops import copy_iterator
+from ppl.loops import PLAIN_ITERATORS, copy_iterator
 from ppl.primitives import PRIMITIVES, parse_args
 from ppl.runtime import _IN_COMPILED, as_log_weight, generators, raised_by_ppl
 from ppl.trace import Choice, Trace
@@ -153,7 +153,7 @@ def _copy_locals(frame: Frame, memo: dict[int, Any]) -> dict:
     L = frame.L
     for slot, where in frame.code.loops:
         it = L.get(slot)
-        if it is not None:
+        if it is not None and it.__class__ not in PLAIN_ITERATORS:
             copy_iterator(it, memo, where)
     try:
         return copy.deepcopy(L, memo)
