@@ -1518,7 +1518,7 @@ class _Compiler:
         """`a < b < c`: each link as `and` would, so a false link stops the rest."""
         result, join = self.new_tmp(), self.new_block()
         left = self.expr(node.left)
-        if self.has_site(node.comparators[0]) and not isinstance(node.left, ast.Constant):
+        if not isinstance(node.left, ast.Constant):  # evaluated before the next operand
             left = self.keep(left)
         last = len(node.ops) - 1
         for i, (op, comparator) in enumerate(zip(node.ops, node.comparators)):
@@ -1620,9 +1620,16 @@ class _Compiler:
 
     def stmt_AugAssign(self, s: ast.AugAssign) -> None:
         t = s.target
+        current = self.new_tmp()
         if isinstance(t, ast.Name):
+            # the variable is read before the value is made (which may assign it: `:=`, or a
+            # nested function's `nonlocal`), as Python reads it
+            load = self.rw.visit(ast.copy_location(ast.Name(t.id, ast.Load()), t))
+            self.emit(ast.Assign([self.local(current, ast.Store())], load))
             value = self.expr(s.value)
-            self.emit(ast.AugAssign(self.rw.visit(t), s.op, value))
+            self.emit(ast.AugAssign(self.local(current, ast.Store()), s.op, value))
+            store = ast.Name(t.id, ast.Store())
+            self.emit(ast.Assign([self.rw.visit(store)], self.local(current)))
             return
         # `obj[i] op= v`: obj and i, then the load of obj[i], then v, as Python orders them
         obj = self.saved(t.value)
@@ -1633,7 +1640,6 @@ class _Compiler:
             )
         else:
             place = lambda ctx: ast.Attribute(obj, t.attr, ctx)  # noqa: E731
-        current = self.new_tmp()
         self.emit(ast.Assign([self.local(current, ast.Store())], place(ast.Load())))
         value = self.expr(s.value)
         self.emit(ast.AugAssign(self.local(current, ast.Store()), s.op, value))

@@ -370,3 +370,31 @@ def test_a_walrus_in_a_lambda_leaves_the_programs_variable_alone():
     prog = program(_walrus_in_lambda_keeps_outer)
     assert direct(prog) == (1, 5)
     assert compiled(prog) == [(1, 5)] * 2
+
+
+# -- found by `make fuzz` (20,000 programs) ------------------------------------------------------
+
+
+@program
+def chained_after_a_call():
+    log = []
+    return bump(log, sample(Categorical([0]))) < len(log) <= sample(Categorical([2])), log
+
+
+def test_a_chained_comparison_evaluates_each_operand_after_the_one_before():
+    # `bump` appends to log before `len(log)` is read: 0 < 1 holds, so the last link is reached
+    assert direct(chained_after_a_call) == (True, [0])
+    assert compiled(chained_after_a_call) == [(True, [0])] * 2
+
+
+@program
+def augmented_name_with_walrus():
+    a = 1
+    a ^= (a := 0) or sample(Categorical([0]))
+    return a
+
+
+def test_an_augmented_assignment_reads_its_variable_before_the_value():
+    # Python reads a (1) first, then the walrus sets it to 0: a = 1 ^ 0
+    assert direct(augmented_name_with_walrus) == 1
+    assert compiled(augmented_name_with_walrus) == [1, 1]
