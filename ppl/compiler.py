@@ -41,6 +41,7 @@ import functools
 import inspect
 import itertools
 import linecache
+import operator
 import os
 import sys
 import textwrap
@@ -132,9 +133,11 @@ _RANGE_ITERATOR = type(iter(range(0)))
 
 
 def _copy_range_iterator(it: Any) -> Any:
+    # 3.11 gives the whole range and the position; 3.12 on gives the range left, and None
     _, (numbers,), position = it.__reduce__()
     out = iter(numbers)
-    out.__setstate__(position)
+    if position is not None:
+        out.__setstate__(position)
     return out
 
 
@@ -976,7 +979,20 @@ def _captures(pattern: ast.AST) -> set[str]:
     return out
 
 
-_CONSUMERS = ("sum", "any", "all", "min", "max", "sorted", "list", "tuple", "set", "frozenset")
+_CONSUMERS = (
+    "sum", "any", "all", "min", "max", "sorted", "list", "tuple", "set", "frozenset", "dict"
+)  # fmt: skip
+
+
+class _Yield(ast.stmt):
+    """Where a generator expression compiled as a coroutine hands back its item `value`: into
+    local `into`, resuming next at the block stored in local `at`, going on at block `cont`."""
+
+    _fields = ("value",)
+
+    def __init__(self, value: ast.expr, at: str, into: str, cont: int) -> None:
+        super().__init__(value)
+        self.at, self.into, self.cont = at, into, cont
 
 
 class _Renamer(ast.NodeTransformer):
@@ -1051,6 +1067,7 @@ class _Compiler:
         self.finals: list[tuple[str, int]] = []
         self.loop_slots: list[tuple[str, str]] = []  # (local holding a for's iterator, file:line)
         self.tmp = itertools.count()
+        self.yields: set[int] = set()  # ids of the `_Yield` points of generators compiled here
         self.cur = 0
         self.loc: ast.AST = self.tree
         self._classify_calls()
@@ -1244,6 +1261,10 @@ class _Compiler:
             isinstance(n, ast.Call) and self.site_nodes.get(id(n), False) for n in ast.walk(node)
         )
 
+    def holds_yield(self, stmt: ast.stmt) -> bool:
+        """Does `stmt` hold the point where a generator compiled here hands back an item?"""
+        return bool(self.yields) and any(id(n) in self.yields for n in ast.walk(stmt))
+
     def escapes(self, stmt: ast.stmt) -> bool:
         """Does `stmt` hold a `break`/`continue` for a loop outside it?"""
 
@@ -1342,11 +1363,12 @@ class _Compiler:
             return self.walrus(node.target.id, self.expr(node.value))
         if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp)):
             return self.comprehension(node)
-        if isinstance(node, ast.GeneratorExp):
+        if isinstance(node, ast.GeneratorExp) or self.pulled(node) is not None:
             self.error(
                 node,
                 "a generator expression holding a primitive or program call, other than as the "
-                f"only argument of {', '.join(_CONSUMERS)}, (write a list comprehension)",
+                f"first argument of {', '.join(_CONSUMERS)}, or looped over by `for` (alone or "
+                "in zip or enumerate) (write a list comprehension)",
             )
         if isinstance(node, ast.Call) and self.consumes_generator(node):
             return self.consumer(node)
@@ -1417,14 +1439,182 @@ class _Compiler:
 
     # -- comprehensions ----------------------------------------------------------------------
 
+    def is_builtin(self, func: ast.expr, names: tuple[str, ...]) -> bool:
+        """Does `func` name one of the builtins `names` (not shadowed where it stands)?"""
+        if not isinstance(func, ast.Name) or func.id not in names:
+            return False
+        ok, target = self._resolve(func)
+        return ok and target is getattr(builtins, func.id)
+
     def consumes_generator(self, call: ast.Call) -> bool:
-        """Is `call` a builtin that consumes a generator expression holding a site?"""
-        if not call.args or not isinstance(call.args[0], ast.GeneratorExp):
+        """Is `call` a builtin that consumes a generator expression holding a site?
+
+        `zip(...)` or `enumerate(...)` of such generators, given to one, counts as the generator
+        of their items (`list(zip(xs, (sample(...) for x in xs)))`).
+        """
+        if not call.args or not self.is_builtin(call.func, _CONSUMERS):
             return False
-        if not self.has_site(call.args[0]) or not isinstance(call.func, ast.Name):
-            return False
-        ok, target = self._resolve(call.func)
-        return ok and call.func.id in _CONSUMERS and target is getattr(builtins, call.func.id)
+        first = call.args[0]
+        if isinstance(first, ast.GeneratorExp):
+            return self.has_site(first)
+        if self.pulled(first) is not None:
+            item = ast.Name(f"__ppl_z{next(self.tmp)}", ast.Load())
+            gen = ast.GeneratorExp(
+                item, [ast.comprehension(ast.Name(item.id, ast.Store()), first, [], 0)]
+            )
+            call.args[0] = ast.copy_location(gen, first)
+            return True
+        return False
+
+    def pulled(self, node: ast.expr) -> tuple[str, list[ast.expr], ast.expr | None] | None:
+        """A generator expression holding a site, or `zip`/`enumerate` of one or more: what a
+        `for` over it pulls, as (kind, the iterables in order, enumerate's start)."""
+        if isinstance(node, ast.GeneratorExp):
+            return ("gen", [node], None) if self.has_site(node) else None
+        if not isinstance(node, ast.Call) or not self.is_builtin(node.func, ("zip", "enumerate")):
+            return None
+        if not any(isinstance(a, ast.GeneratorExp) and self.has_site(a) for a in node.args):
+            return None
+        kind = node.func.id  # type: ignore[attr-defined]
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            self.error(node, f"`*` arguments to {kind}() beside a generator that makes choices")
+        if kind == "zip":
+            if node.keywords:
+                self.error(node, "zip(strict=...) of a generator that makes choices")
+            return kind, list(node.args), None
+        start = node.args[1] if len(node.args) > 1 else None
+        for k in node.keywords:
+            if k.arg != "start" or start is not None:
+                return None  # a wrong call: left to fail as Python's would
+            start = k.value
+        if len(node.args) > 2 or not node.args:
+            return None
+        return kind, node.args[:1], start
+
+    def generator_for(
+        self, s: ast.For, kind: str, iterables: list[ast.expr], start: ast.expr | None
+    ) -> None:
+        """`for` over a generator expression that makes choices (alone, or in zip/enumerate).
+
+        Each such generator is compiled in place as a coroutine of this frame: a pull jumps to
+        where it last stopped (a local), and it jumps back with its next item, so its choices are
+        made between the loop's passes, interleaved with the other iterables as zip pulls them.
+        """
+        where = f"{self.filename}:{s.lineno}"
+        parts: list[tuple[str, Any]] = []
+        # the call's arguments, in order: a generator evaluates its first iterable when made
+        for a in iterables:
+            if isinstance(a, ast.GeneratorExp) and self.has_site(a):
+                parts.append(("gen", self.coroutine(a)))
+            else:
+                tmp = self.new_tmp()
+                value = self.expr(a)
+                self.emit(ast.Assign([self.local(tmp, ast.Store())], value))
+                parts.append(("it", tmp))
+        count = None
+        if kind == "enumerate":
+            count = self.new_tmp()
+            first = self.expr(start) if start is not None else ast.Constant(0)
+            self.emit(
+                ast.Assign(
+                    [self.local(count, ast.Store())],
+                    ast.Call(ast.Name("__ppl_enum_start", ast.Load()), [first], []),
+                )
+            )
+        # zip and enumerate take an iterator of each argument, in order
+        for what, slot in parts:
+            if what == "it":
+                iterator = ast.Call(ast.Name("__ppl_iter", ast.Load()), [self.local(slot)], [])
+                self.emit(ast.Assign([self.local(slot, ast.Store())], iterator))
+                self.loop_slots.append((slot, where))
+        header, after = self.new_block(), self.new_block()
+        orelse = self.new_block() if s.orelse else after
+        self.goto(header)
+        self.cur = header
+        done = ast.Name("__ppl_done", ast.Load())
+        values: list[ast.expr] = []
+        for what, slot in parts:
+            if what == "it":
+                value = self.new_tmp()
+                self.emit(
+                    ast.Assign(
+                        [self.local(value, ast.Store())],
+                        ast.Call(ast.Name("__ppl_next", ast.Load()), [self.local(slot), done], []),
+                    )
+                )
+            else:
+                at, value, cont = slot
+                self.terminate(ast.Return(self.local(at)))
+                self.cur = cont
+            self.emit(
+                ast.If(
+                    ast.Compare(self.local(value), [ast.Is()], [done]),
+                    [ast.Return(ast.Constant(orelse))],
+                    [],
+                )
+            )
+            values.append(self.local(value))
+        if kind == "zip":
+            item: ast.expr = ast.Tuple(values, ast.Load())
+        elif kind == "enumerate":
+            assert count is not None
+            item = ast.Tuple([self.local(count), values[0]], ast.Load())
+        else:
+            item = values[0]
+        self.emit(ast.Assign([ast.Name("__ppl_item", ast.Store())], item))
+        if count is not None:
+            self.emit(ast.AugAssign(self.local(count, ast.Store()), ast.Add(), ast.Constant(1)))
+        self.emit(ast.Assign([self.rw.visit(s.target)], ast.Name("__ppl_item", ast.Load())))
+        self.loop(s, header, self.cur, after, orelse)
+        # the loop is over: it lets go of its iterators
+        for what, slot in parts:
+            for name in (slot,) if what == "it" else slot[:2]:
+                self.emit(ast.Assign([self.local(name, ast.Store())], ast.Constant(None)))
+
+    def coroutine(self, gen: ast.GeneratorExp) -> tuple[str, str, int]:
+        """Make generator `gen` here, compiled out of line as a coroutine of this frame.
+
+        Returns (local holding the block a pull resumes at, local receiving each item or
+        `__ppl_done`, the block a pull goes on at). Its first iterable is evaluated and its
+        iterator taken now, as Python makes a generator.
+        """
+        first = self.new_tmp()
+        at, value = self.new_tmp(), self.new_tmp()
+        self.locals |= {first, at, value}
+        iterable = self.expr(gen.generators[0].iter)
+        self.emit(
+            ast.Assign(
+                [self.local(first, ast.Store())],
+                ast.Call(ast.Name("__ppl_iter", ast.Load()), [iterable], []),
+            )
+        )
+        start, cont, ended = self.new_block(), self.new_block(), self.new_block()
+        self.emit(ast.Assign([self.local(at, ast.Store())], ast.Constant(start)))
+        resume = self.cur
+        self.cur = start
+        # Python's generator loops, with the item handed back where the body would be
+        made = copy.copy(gen)
+        outer = copy.copy(gen.generators[0])
+        outer.iter = ast.Name(first, ast.Load())
+        made.generators = [outer, *gen.generators[1:]]
+        hand = _Yield(gen.elt, at, value, cont)
+        self.yields.add(id(hand))
+        self.comprehension_loops(made, [hand])
+        self.goto(ended)
+        self.cur = ended
+        self.emit(ast.Assign([self.local(at, ast.Store())], ast.Constant(ended)))
+        self.emit(ast.Assign([self.local(value, ast.Store())], ast.Name("__ppl_done", ast.Load())))
+        self.goto(cont)
+        self.cur = resume
+        return at, value, cont
+
+    def stmt__Yield(self, s: _Yield) -> None:
+        item = self.expr(s.value)
+        self.emit(ast.Assign([self.local(s.into, ast.Store())], item))
+        after = self.new_block()
+        self.emit(ast.Assign([self.local(s.at, ast.Store())], ast.Constant(after)))
+        self.goto(s.cont)
+        self.cur = after
 
     def consumer(self, call: ast.Call) -> ast.expr:
         """`sum(... for ...)` and the like: the generator's items in order, then the call.
@@ -1584,7 +1774,7 @@ class _Compiler:
         self.loc = s
         if isinstance(s, ast.Nonlocal) and self.outer is not None:
             return  # its names are read from the program's locals (`_OUTER`)
-        if not self.has_site(s) and not self.escapes(s):
+        if not self.has_site(s) and not self.escapes(s) and not self.holds_yield(s):
             kept = self.rw.visit(s)  # plain Python, kept whole
             for k in kept if isinstance(kept, list) else [kept]:
                 self.emit(k)
@@ -2039,6 +2229,10 @@ class _Compiler:
         self.loop(s, header, body, after, orelse)
 
     def stmt_For(self, s: ast.For) -> None:
+        pulled = self.pulled(s.iter)
+        if pulled is not None:
+            self.generator_for(s, *pulled)
+            return
         # as CPython runs it: iter() once, next() before each pass (see `ppl.loops`)
         it = self.new_tmp()
         iterable = self.expr(s.iter)
@@ -2201,6 +2395,11 @@ def _named(fn: Any, qualname: str) -> Any:
     return fn
 
 
+def _enum_start(start: Any) -> Any:
+    enumerate((), start)  # Python's own error for a start that is not an integer
+    return operator.index(start)
+
+
 def _walrus(L: dict, name: str, value: Any) -> Any:
     L[name] = value
     return value
@@ -2216,6 +2415,7 @@ def _bind(L: dict, pairs: tuple) -> bool:
 # may shadow a builtin)
 _RUNTIME: dict[str, Any] = {
     "__ppl_iter": iter,
+    "__ppl_enum_start": _enum_start,
     "__ppl_next": next,
     "__ppl_done": _DONE,
     "__ppl_matches": _matches,

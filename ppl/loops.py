@@ -21,10 +21,16 @@ from __future__ import annotations
 
 import copy
 import gc
+import sys
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 from ppl.runtime import raises_for_python
+
+# Python 3.12 and 3.13 warn that itertools objects lose `__reduce__` in 3.14 (from which a fork
+# inside a loop over one raises LoopForkError, as for a generator)
+_ITERTOOLS_WARN = sys.version_info >= (3, 12)
 
 
 class LoopForkError(TypeError):
@@ -113,7 +119,12 @@ def _cannot_copy(it: Any, where: str) -> LoopForkError:
 def _rebuild(it: Any, memo: dict, where: str) -> Any:
     """Copy a builtin iterator from its `__reduce__`, copying the iterators inside it ours."""
     try:
-        rv = it.__reduce__()
+        if _ITERTOOLS_WARN and it.__class__.__module__ == "itertools":
+            with warnings.catch_warnings():  # 3.12 and 3.13 warn that 3.14 drops it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                rv = it.__reduce__()
+        else:
+            rv = it.__reduce__()
     except TypeError as e:  # a generator, or another object that cannot be pickled
         raise _cannot_copy(it, where) from e
     if not isinstance(rv, tuple) or len(rv) < 2:

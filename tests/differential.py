@@ -776,6 +776,8 @@ def _comprehension_sites(draw: Any, env: Env, budget: int) -> str:
                 f"any({e} for q in range(3))",
                 f"all({e} for q in xs)",
                 f"max([{e} for q in range(2) if {n}], default=-1)",
+                f"len(dict(zip(xs, ({e} for q in range({n} % 3)))))",
+                f"sum(j * t for j, t in enumerate({e} for q in xs))",
             ]
         )
     )
@@ -838,6 +840,41 @@ def _enumerate(draw: Any, env: Env, n: int) -> tuple:
 @iterable("zip", 1)
 def _zip(draw: Any, env: Env, n: int) -> tuple:
     return [], f"for x{n}, y{n} in zip(xs, range({expr(draw, env, 1)})):", [f"x{n}", f"y{n}"], []
+
+
+def _site_generator(draw: Any, env: Env, n: int) -> str:
+    """A generator expression whose items (and maybe conditions) make choices."""
+    inner = env.inner(ints=(*env.ints, "q"), walrus=False)
+    e = expr(draw, inner, 1)
+    clause = draw(
+        st.sampled_from(
+            [
+                f"for q in range({expr(draw, env.inner(walrus=False), 1)} % 4)",
+                "for q in xs",
+                f"for q in xs if {expr(draw, inner, 1)} % 2",
+                "for p in range(3) for q in range(p)",
+            ]
+        )
+    )
+    return f"({e} {clause})"
+
+
+@iterable("site_generator", 2)
+def _site_generator_loop(draw: Any, env: Env, n: int) -> tuple:
+    gen = _site_generator(draw, env, n)
+    kind = draw(st.sampled_from(["alone", "enumerate", "zip_first", "zip_second", "zip_both"]))
+    if kind == "alone":
+        return [], f"for t{n} in {gen}:", [f"t{n}"], []
+    if kind == "enumerate":
+        start = draw(st.sampled_from(["", ", 1", ", start=-2"]))
+        return [], f"for j{n}, t{n} in enumerate({gen}{start}):", [f"j{n}", f"t{n}"], []
+    if kind == "zip_first":
+        header = f"for t{n}, x{n} in zip({gen}, xs):"
+    elif kind == "zip_second":
+        header = f"for x{n}, t{n} in zip(xs, {gen}):"
+    else:
+        header = f"for x{n}, t{n} in zip({_site_generator(draw, env, n)}, {gen}):"
+    return [], header, [f"x{n}", f"t{n}"], []
 
 
 @iterable("count", 2)

@@ -329,3 +329,71 @@ def nested_functions(n):
 
 def test_nested_functions_and_lambdas_make_choices_as_cpython():
     assert len(assert_as_cpython(nested_functions, 2)) > 1
+
+
+def _names(ids):
+    for i in ids:  # a plain generator, zipped beside one that makes choices
+        yield f"n{i}"
+
+
+@program
+def zipped(names):
+    ctx = lm.context("a")
+    out = []
+    # the generator's choices come between the loop's passes, as zip pulls them
+    for i, t in enumerate((sample(ctx.next_token()).id for _ in range(3)), start=10):
+        out.append((i, t))
+        if t == 2:
+            continue
+        out.append("after")
+    # zip pulls the list first: once it ends, the generator makes no more choices
+    for k, t in zip(names[:2], (sample(ctx.next_token()).id for _ in range(5))):
+        out.append((k, t))
+    # the generator first: it is pulled once more than the list is long
+    for t, k in zip((sample(ctx.next_token()).id for _ in range(5)), "ab"):
+        out.append((t, k))
+    # two generators, interleaved; nested clauses and a choice in a condition
+    for p, q in zip(
+        (
+            (j, sample(ctx.next_token()).id)
+            for j in range(3)
+            for m in range(j)
+            if sample(dist.Bernoulli(0.7))
+        ),
+        (sample(ctx.next_token()).id * 2 for _ in range(4)),
+    ):
+        out.append((p, q))
+        if q == 4:
+            break
+    else:
+        out.append("exhausted")
+    seen = []
+    # the body changes what the generator iterates over, and it sees the change
+    for t in (sample(ctx.next_token()).id + x for x in seen or [0]):
+        if len(seen) < 2:
+            seen.append(t)
+    out.append(seen)
+    out.append(dict(zip(names, (sample(ctx.next_token()).id for n in names))))
+    out.append(list(enumerate(sample(ctx.next_token()).id for _ in range(2))))
+    out.append([a + b for a, b in zip(range(2), (sample(ctx.next_token()).id for _ in "xyz"))])
+    return out
+
+
+@program
+def zipped_plain_generator():
+    ctx = lm.context("a")
+    return [(n, t) for n, t in zip(_names(range(3)), (sample(ctx.next_token()).id for _ in "ab"))]
+
+
+def test_zip_and_enumerate_of_generators_that_make_choices_run_as_cpython():
+    assert len(assert_as_cpython(zipped, ["x", "y", "z"])) > 1
+
+
+def test_a_fork_inside_zip_over_a_plain_generator_names_the_loop():
+    from ppl.loops import LoopForkError
+    from tests.forked import run_forked
+
+    # run without forks, it is Python's answer; forked there, the engine says where and why
+    assert len(assert_as_cpython(zipped_plain_generator, fork_at=())) > 1
+    with pytest.raises(LoopForkError, match=r"test_control_flow\.py:\d+: .*generator"):
+        run_forked(zipped_plain_generator, fork_at=(0,), errors="raise")

@@ -45,6 +45,7 @@ def test_random_programs_compiled_with_forks_match_cpython():
         "stmt:with_sites",
         "stmt:match",
         "expr:comprehension_sites",
+        "for:site_generator",
     ):
         assert stats.features[feature] > 5, feature
 

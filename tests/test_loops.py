@@ -221,3 +221,15 @@ def test_forking_inside_a_generator_loop_names_the_loop():
     assert isinstance(ppl.importance(generator_forks, particles=2, seed=0).values[0], int)
     with pytest.raises(LoopForkError, match=r"test_loops\.py:\d+: .*generator"):
         run_forked(generator_forks, fork_at=(1,), errors="raise")
+
+
+@pytest.mark.parametrize("taken", [0, 1, 3, 4])
+def test_a_range_iterator_copies_at_its_position_on_every_python(taken):
+    # 3.11 pickles a range iterator as (range, position); 3.12 on as (range left, None)
+    from ppl.compiler import _copy_range_iterator
+
+    it = iter(range(2, 14, 3))
+    for _ in range(taken):
+        next(it)
+    copied = _copy_range_iterator(it)
+    assert list(copied) == list(it)
