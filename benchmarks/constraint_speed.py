@@ -11,13 +11,20 @@ forward pass alone spreads by 10-25% from run to run, which buries a few percent
 wall-clock ratio (also printed, with the forward-pass ratio, which shows that noise and any
 slowdown the masks would cause the model itself).
 
-Run: `python benchmarks/constraint_speed.py [--particles 16] [--tokens 32] [--reps 7] [--seed 0]`.
-Target: the constrained run takes at most 10% longer.
+A third run, "unchecked", is the constrained one with the reference check turned off (the
+check that reads each text the mask would let end, `ppl.constraints.reference`): what the
+check adds is printed against it. `--schema` uses a JSON schema (one the mask enforces whole,
+so nothing beyond the end check runs) instead of the Lark grammar.
+
+Run: `python benchmarks/constraint_speed.py [--particles 16] [--tokens 32] [--reps 7] [--seed 0]
+[--schema]`. Targets: the constrained run takes at most 10% longer than the free one, and the
+reference check adds at most 10% to the unchecked run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -35,6 +42,33 @@ STRING: /"[^"\\\n]{0,24}"/
 NUMBER: /-?[0-9]{1,6}(\.[0-9]{1,3})?/
 %ignore /[ \n]/
 """
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 40},
+        "colour": {"enum": ["black", "white", "ginger", "grey", "tabby"]},
+        "indoor": {"type": "boolean"},
+        "toys": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 4},
+    },
+    "required": ["name", "age", "colour"],
+    "additionalProperties": False,
+}
+
+
+class Unchecked:
+    """Turns the reference check of `constraint` on `lm` off while it lives."""
+
+    def __init__(self, constraint: ppl.constraints.Constraint, lm: object) -> None:
+        self.states = constraint.states(lm)
+
+    def __enter__(self) -> Unchecked:
+        self.ends, self.states.ends = self.states.ends, None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.states.ends = self.ends
 
 
 @program
@@ -107,6 +141,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--schema", action="store_true", help="a JSON schema, not the grammar")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -115,14 +150,15 @@ def main() -> None:
     t0 = time.perf_counter()
     model_masks(lm)
     print(f"mask tokenizer for {lm.vocab_size} tokens built in {time.perf_counter() - t0:.2f} s")
-    grammar = ppl.Grammar(GRAMMAR)
+    grammar = ppl.JSONSchema(SCHEMA) if args.schema else ppl.Grammar(GRAMMAR)
+    assert not getattr(grammar, "relaxed", None), "the mask must enforce the schema whole"
     prompt = lm.chat("Describe a cat as a JSON object.")
     n, t = args.particles, args.tokens
     # warm-up at full length: allocations of the KV caches, grammar states for this model
     ppl.smc(free, lm, prompt, t, particles=n, seed=args.seed)
     ppl.smc(constrained, lm, prompt, t, grammar, particles=n, seed=args.seed)
 
-    names = ("free", "constrained")
+    names = ("free", "constrained", "unchecked")
     times: dict[str, list[float]] = {k: [] for k in names}
     forward_times: dict[str, list[float]] = {k: [] for k in names}
     draw_times: dict[str, list[float]] = {k: [] for k in names}
@@ -133,7 +169,8 @@ def main() -> None:
             cls = NextToken if name == "free" else constrained_tokens.ConstrainedNextToken
             extra = () if name == "free" else (grammar,)
             prog = free if name == "free" else constrained
-            with DrawTimer(cls) as draws, ForwardTimer(lm) as forward:
+            checks = Unchecked(grammar, lm) if name == "unchecked" else contextlib.nullcontext()
+            with DrawTimer(cls) as draws, ForwardTimer(lm) as forward, checks:
                 t0 = time.perf_counter()
                 # one seed for every repetition: each repeats the same work, so the spread
                 # of the times is the machine's
@@ -165,6 +202,12 @@ def main() -> None:
     print(
         f"wall clock, constrained / free - 1: of the medians {100 * wall:+.1f}%, "
         f"median of the paired runs {100 * paired:+.1f}%"
+    )
+    checked = (rest["constrained"] - rest["unchecked"]) / med["unchecked"]
+    paired = statistics.median(c / u - 1 for c, u in zip(times["constrained"], times["unchecked"]))
+    print(
+        f"the reference check adds {100 * checked:+.1f}% to the unchecked run (target <= 10%; "
+        f"median of the paired wall-clock ratios {100 * paired:+.1f}%)"
     )
     forward_ratio = fwd["constrained"] / fwd["free"] - 1
     print(

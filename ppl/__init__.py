@@ -22,7 +22,14 @@ posterior = ppl.smc(story, "Once upon a time", particles=16, seed=0)
 from ppl import constraints, distributions, handlers, models
 from ppl._version import __version__ as __version__
 from ppl.compiler import CompileError, Program, program
-from ppl.constraints import ConstraintError, Grammar, JSONSchema, Regex, generate
+from ppl.constraints import (
+    ConstraintError,
+    Grammar,
+    JSONSchema,
+    MaskLeakWarning,
+    Regex,
+    generate,
+)
 from ppl.context import Context, NextToken, Token
 from ppl.inference import (
     InferenceWarning,
@@ -76,5 +83,6 @@ __all__ = [
     "Regex",
     "JSONSchema",
     "ConstraintError",
+    "MaskLeakWarning",
     "generate",
 ]

@@ -2,7 +2,7 @@
 
 >>> import ppl
 >>> digits = ppl.Regex("[0-9]+")
->>> digits.matches("2025"), digits.matches("20x")
+>>> bool(digits.matches("2025")), bool(digits.matches("20x"))
 (True, False)
 
 Inside a program, `ctx.next_token(constraint=c)` draws the next token from the model restricted
@@ -16,11 +16,14 @@ approximation. `generate(ctx, constraint=c)` produces a whole string.
 from ppl.constraints.generate import generate
 from ppl.constraints.grammar import Constraint, ConstraintError, Grammar, JSONSchema, Regex
 from ppl.constraints.hf import logits_processor
+from ppl.constraints.reference import MaskLeakWarning, Verdict
 from ppl.constraints.tokens import ConstrainedNextToken
 
 __all__ = [
     "Constraint",
     "ConstraintError",
+    "MaskLeakWarning",
+    "Verdict",
     "Grammar",
     "Regex",
     "JSONSchema",

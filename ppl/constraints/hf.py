@@ -59,6 +59,12 @@ class ConstraintLogitsProcessor:
         eos_ids = self._states.model.eos_ids
         for k, i in enumerate(live):
             allowed = masks[k]
+            if len(eos_ids) and bool(allowed[eos_ids[0]]):
+                # the text may end here by the mask: the reference check must agree
+                ids = input_ids[i, self._prompt_len :].tolist()
+                text = b"".join(self.lm.token(t).bytes for t in ids).decode("utf-8", "replace")
+                if not self.constraint.accepts_end(text):
+                    allowed[eos_ids] = False
             if not bool(allowed.any()) and len(eos_ids):  # a dead end: end the row
                 allowed = torch.zeros_like(allowed)
                 allowed[eos_ids] = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import llguidance
@@ -125,11 +126,12 @@ def model_masks(lm: LanguageModel) -> ModelMasks:
 
 
 class _Entry:
-    __slots__ = ("chain", "matcher")
+    __slots__ = ("chain", "matcher", "ends")
 
     def __init__(self, chain: Any, matcher: llguidance.LLMatcher) -> None:
         self.chain = chain  # held so that its id is not reused while the entry lives
         self.matcher = matcher
+        self.ends: bool | None = None  # may the text end here? (asked once, when accepting)
 
 
 class GrammarStates:
@@ -139,24 +141,57 @@ class GrammarStates:
     cached ancestor (or the start), so eviction costs time and never changes a result.
     """
 
-    def __init__(self, model: ModelMasks, grammar: str, capacity: int = 4096) -> None:
+    def __init__(
+        self,
+        model: ModelMasks,
+        grammar: str,
+        ends: Callable[[str], bool] | None = None,
+        capacity: int = 4096,
+    ) -> None:
         self.model = model
         self.root = llguidance.LLMatcher(model.tokenizer, grammar, log_level=0)
         if self.root.is_error():
             raise ValueError(self.root.get_error())
+        self.ends = ends
         self.capacity = capacity
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._root = _Entry(None, self.root)
+        self._eos = set(model.eos_ids.tolist())
 
     def matcher(self, ctx: Context) -> llguidance.LLMatcher:
         """The matcher after the tokens `ctx` added to its prompt. Callers must not change it."""
+        return self.entry(ctx).matcher
+
+    def masks(self, contexts: list[Context]) -> torch.Tensor:
+        """The allowed next tokens after each context, `[len(contexts), vocab_size]` bool.
+
+        EOS is allowed where the matcher accepts and the reference check (`ends`) accepts the
+        text: it is asked once per context, and only where the mask would allow EOS.
+        """
+        entries = [self.entry(ctx) for ctx in contexts]
+        bits = self.model.masks([e.matcher for e in entries])
+        eos = self.model.eos_ids
+        if self.ends is not None and len(eos):
+            for i, (ctx, entry) in enumerate(zip(contexts, entries)):
+                if bits[i, eos[0]] and not self._ends(ctx, entry):
+                    bits[i, eos] = False
+        return bits
+
+    def _ends(self, ctx: Context, entry: _Entry) -> bool:
+        if entry.ends is None:
+            assert self.ends is not None
+            entry.ends = bool(self.ends(ctx.text))
+        return entry.ends
+
+    def entry(self, ctx: Context) -> _Entry:
         chain = ctx._chain
         if chain is None:
-            return self.root
+            return self._root
         entries = self._entries
         entry = entries.get(id(chain))
         if entry is not None and entry.chain is chain:
             entries.move_to_end(id(chain))
-            return entry.matcher
+            return entry
         path = []
         node = chain
         base = self.root
@@ -171,16 +206,18 @@ class GrammarStates:
         for node in reversed(path):
             if not matcher.is_error():
                 matcher.consume_tokens(list(node.ids))
-        entries[id(chain)] = _Entry(chain, matcher)
+        entry = entries[id(chain)] = _Entry(chain, matcher)
         if len(entries) > self.capacity:
             entries.popitem(last=False)
-        return matcher
+        return entry
 
     def allows(self, ctx: Context, token_id: int) -> bool:
-        """Can `token_id` follow `ctx` in the grammar? (EOS: exactly when the grammar accepts.)"""
-        m = self.matcher(ctx)
+        """Can `token_id` follow `ctx` in the grammar? (EOS: exactly when the grammar accepts
+        and the reference check accepts the text.)"""
+        entry = self.entry(ctx)
+        m = entry.matcher
         if m.is_error():
             return False
-        if token_id in self.model.eos_ids.tolist():
-            return m.is_accepting()
+        if token_id in self._eos:
+            return m.is_accepting() and (self.ends is None or self._ends(ctx, entry))
         return m.validate_tokens([token_id]) == 1

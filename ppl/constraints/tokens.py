@@ -72,8 +72,12 @@ class ConstrainedNextToken(NextToken):
         """Is `value` an allowed next token?"""
         tid = int(value)
         ctx = self.context
-        if self.constraint is not None and not self.constraint.states(ctx.lm).allows(ctx, tid):
-            return False
+        c = self.constraint
+        if c is not None:
+            if not c.states(ctx.lm).allows(ctx, tid):
+                return False
+            if _breaks_prefix(c, ctx, ctx.lm.token(tid)):
+                return False
         return self.where is None or bool(self.where(_text_after(ctx, ctx.lm.token(tid))))
 
     def log_prob(self, value: Token | int) -> float:
@@ -87,7 +91,7 @@ class ConstrainedNextToken(NextToken):
         if self.constraint is None:
             return 0.0
         row = self.context.logprobs().double()
-        mask = self.constraint.states(self.context.lm).model.masks([self._matcher()])[0]
+        mask = self.constraint.states(self.context.lm).masks([self.context])[0]
         return float(torch.logsumexp(row.masked_fill(~mask, -math.inf), 0))
 
     def _matcher(self) -> Any:
@@ -129,6 +133,11 @@ class ConstrainedNextToken(NextToken):
                 )
                 if drawn is not None:
                     t, lp = drawn, float(full[i, drawn])
+            c = d.constraint  # type: ignore[attr-defined]
+            if c is not None and log_w > -math.inf and _breaks_prefix(c, d.context, lm.token(t)):
+                # the text has broken a rule the mask leaves to the reference: no completion is
+                # in the language, so the particle's weight is zero from here
+                log_w = -math.inf
             if log_w == -math.inf:  # a dead end: no allowed token; the particle gets weight zero
                 dead = next(iter(lm.eos_token_ids), 0)
                 out.append((lm.token(dead), -math.inf, -math.inf))
@@ -162,6 +171,14 @@ class ConstrainedNextToken(NextToken):
 set_restricted_next_token(ConstrainedNextToken)
 
 
+def _breaks_prefix(constraint: Constraint, ctx: Context, token: Token) -> bool:
+    """Does `token` close a value of the text that breaks `constraint` (`prefix_violation`)?
+    Asked only after tokens that may close one."""
+    if token.is_eos or not constraint.may_close(token.bytes.decode("utf-8", "ignore")):
+        return False
+    return constraint.prefix_violation(_text_after(ctx, token)) is not None
+
+
 def _text_after(ctx: Context, token: Token) -> str:
     if token.is_eos:
         return ctx.text
@@ -181,17 +198,17 @@ def _allowed(dists: Sequence[ConstrainedNextToken]) -> torch.Tensor | None:
         states = first.constraint.states(first.context.lm)  # type: ignore[union-attr]
         # one mask per distinct context (resampled particles share theirs)
         slot: dict[int, int] = {}
-        matchers = []
+        contexts = []
         where = []
         for i in members:
             ctx = dists[i].context
             k = slot.get(id(ctx))
             if k is None:
-                k = slot[id(ctx)] = len(matchers)
-                matchers.append(states.matcher(ctx))
+                k = slot[id(ctx)] = len(contexts)
+                contexts.append(ctx)
             where.append(k)
-        masks = states.model.masks(matchers)
-        rows = masks if len(matchers) == len(members) else masks[where]
+        masks = states.masks(contexts)
+        rows = masks if len(contexts) == len(members) else masks[where]
         if len(members) == len(dists):  # the usual case: one constraint for all
             return rows
         if allowed is None:

@@ -69,7 +69,7 @@ from ppl.inference.engine import Choice, Engine
 from ppl.inference.execution import Execution, run_forward
 from ppl.inference.notices import count, fits
 from ppl.inference.particle_mcmc import smc_sweep
-from ppl.inference.posterior import Posterior
+from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import chains_bar, chains_status
 from ppl.inference.weights import normalise
 
@@ -308,6 +308,7 @@ class MHKernel:
 # -- drivers -------------------------------------------------------------------------------------
 
 
+@counts_mask_leaks
 def mh(
     program: Program,
     *args: Any,

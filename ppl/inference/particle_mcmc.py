@@ -22,7 +22,7 @@ from ppl.inference.chains import _chain_posterior, _rejections, failed_posterior
 from ppl.inference.engine import Engine, Particle
 from ppl.inference.execution import Execution, Snapshot, is_waiting, settle, untwist
 from ppl.inference.notices import count, fits
-from ppl.inference.posterior import Posterior
+from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import chains_bar, chains_status
 from ppl.inference.weights import log_sum_exp, normalise
 
@@ -105,6 +105,7 @@ def _follow(reference: Execution, t: int, states: list[Particle] | None = None) 
     return Execution(states[j].fork(), list(reference.history[:j]), t, at_snapshot=False)
 
 
+@counts_mask_leaks
 def pimh(
     program: Program,
     *args: Any,
@@ -165,6 +166,7 @@ def pimh(
     )
 
 
+@counts_mask_leaks
 def pgibbs(
     program: Program,
     *args: Any,

@@ -7,11 +7,12 @@ Its views are modules of their own, above it: `summary` (text), `plots`, `html` 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,13 @@ class Posterior:
     chain: np.ndarray | None = None
     acceptance: np.ndarray | None = None
     history: list[dict[str, Any]] | None = None
+
+    @property
+    def mask_leaks(self) -> int:
+        """How many distinct finished texts the mask engine let through although they broke
+        their constraint: each was caught by the reference check and given weight zero, so the
+        result is exact; more than zero means the engine has a hole (`MaskLeakWarning`)."""
+        return int(self.diagnostics.get("mask_leaks", 0))
 
     @property
     def weights(self) -> np.ndarray:
@@ -308,3 +316,22 @@ class Posterior:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, str)
+
+
+def counts_mask_leaks(run: Callable[..., Posterior]) -> Callable[..., Posterior]:
+    """Decorate an inference function: the mask leaks met during its run are counted in its
+    posterior's `diagnostics["mask_leaks"]` (see `ppl.constraints.reference`)."""
+    from ppl.constraints.reference import collect_leaks, stop_collecting
+
+    @functools.wraps(run)
+    def counted(*args: Any, **kwargs: Any) -> Posterior:
+        log, token = collect_leaks()
+        try:
+            post = run(*args, **kwargs)
+        finally:
+            stop_collecting(token)
+        if log.count and isinstance(post, Posterior):
+            post.diagnostics["mask_leaks"] = log.count
+        return post
+
+    return counted

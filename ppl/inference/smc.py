@@ -41,11 +41,12 @@ from ppl.inference.html import recorder_for
 from ppl.inference.metropolis import MHKernel
 from ppl.inference.notices import InferenceWarning as InferenceWarning  # its old home
 from ppl.inference.notices import count, fits, warn
-from ppl.inference.posterior import Posterior
+from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import particles_bar, particles_status
 from ppl.inference.weights import ess_of, log_sum_exp, normalise
 
 
+@counts_mask_leaks
 def smc(
     program: Program,
     *args: Any,
@@ -104,6 +105,7 @@ def smc(
     )
 
 
+@counts_mask_leaks
 def importance(
     program: Program,
     *args: Any,

@@ -139,6 +139,12 @@ def render(post: Posterior, top: int = 10, width: int = 88) -> str:
     errors = post.diagnostics.get("errors")
     if errors:
         lines.append(f"raised       {sum(errors.values())} particles: " + "; ".join(errors))
+    leaks = post.diagnostics.get("mask_leaks")
+    if leaks:
+        lines.append(
+            f"mask leaks   {leaks} finished texts broke their constraint although the mask "
+            "allowed them (given weight zero by the reference check; see MaskLeakWarning)"
+        )
     if post.weights.sum() > 0:
         lines.append("")
         lines += _values(post, top, width)
