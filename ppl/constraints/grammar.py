@@ -368,8 +368,8 @@ _SUBSCHEMA_MAPS = {
 
 # the engine's words -> what they mean for JSONSchema's options
 _JSON_HINTS = {
-    "Resource '": "a $ref to a schema that is not given (ppl fetches nothing: put it under "
-    "$defs and refer to it there): '",
+    "Resource '": "a schema named by $ref or $schema that is not given (ppl fetches nothing: "
+    "put it under $defs and refer to it there): '",
 }
 
 

@@ -196,7 +196,10 @@ def test_a_format_the_engine_lacks_is_enforced_by_the_reference():
     [
         ({"type": "strin"}, "invalid schema: at /type"),
         ({"type": "array", "minItems": -1}, "minItems at /minItems must be a non-negative"),
-        ({"$ref": "http://example.com/x.json"}, "a $ref to a schema that is not given"),
+        (
+            {"$ref": "http://example.com/x.json"},
+            "a schema named by $ref or $schema that is not given",
+        ),
         ({"not": {}}, "not at /not excludes every value"),
         ({"not": True}, "its language is empty"),
         ({"oneOf": [True, True, False]}, "two branches that take every value"),
