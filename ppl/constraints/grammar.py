@@ -52,6 +52,7 @@ class Constraint:
     grammar: str
     source: str  # what the user wrote, for messages
     reference: Reference  # reads finished texts independently of the mask engine
+    checks_prefixes = False  # does `prefix_violation` ever find anything? (skips it per token)
 
     def _check(self) -> None:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar)
@@ -289,6 +290,7 @@ class JSONSchema(Constraint):
             if self.relaxed and target is not relaxed
             else None
         )
+        self.checks_prefixes = self._prefix is not None
         self._warn_unchecked_formats(normal, validator)
         try:
             self._check()

@@ -174,7 +174,9 @@ set_restricted_next_token(ConstrainedNextToken)
 def _breaks_prefix(constraint: Constraint, ctx: Context, token: Token) -> bool:
     """Does `token` close a value of the text that breaks `constraint` (`prefix_violation`)?
     Asked only after tokens that may close one."""
-    if token.is_eos or not constraint.may_close(token.bytes.decode("utf-8", "ignore")):
+    if not constraint.checks_prefixes or token.is_eos:
+        return False
+    if not constraint.may_close(token.bytes.decode("utf-8", "ignore")):
         return False
     return constraint.prefix_violation(_text_after(ctx, token)) is not None
 
