@@ -46,8 +46,10 @@ from ppl.inference import (
 from ppl.inference.nuts import nuts
 from ppl.primitives import condition, factor, observe, sample, twist
 from ppl.trace import Choice, Trace
-from ppl.workloads import imap, map
+from ppl.workloads import imap
+from ppl.workloads import map as map  # ppl.map, kept out of `from ppl import *`
 
+# `ppl.map` is not in `__all__`: `from ppl import *` must not shadow the builtin `map`
 __all__ = [
     "program",
     "Program",
@@ -66,7 +68,6 @@ __all__ = [
     "twist",
     "importance",
     "nuts",
-    "map",
     "imap",
     "Trace",
     "Choice",

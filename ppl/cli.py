@@ -15,10 +15,12 @@ What it promises, and where each part happens:
 * FILE is loaded as a module under a private name (`load_file`), so its `if __name__ ==
   "__main__":` block does not run; its directory goes on `sys.path` for its own imports.
 * Exit status: 0 when every item ran; 1 when some item raised (each is printed with its error
-  line; `--out` keeps its traceback); 2 when the command could not start: a usage mistake, a
-  FILE that does not load, a missing PROGRAM, a bad `--arg` or input line, or options, a model
-  or a checkpoint that `ppl.map` refuses. Mistakes are one message on stderr, not a traceback of
-  ppl; an exception raised while FILE loads shows the traceback of FILE's own lines.
+  line; `--out` keeps its traceback) or the run itself failed (a model that cannot load, all
+  Ray workers lost, a fault of ppl's: printed with its traceback and the model it concerns);
+  2 when the command could not start: a usage mistake, a FILE that does not load, a missing
+  PROGRAM, a bad `--arg` or input line, or options, a model name or a checkpoint that
+  `ppl.map` refuses before anything runs. Mistakes are one message on stderr, not a traceback
+  of ppl; an exception raised while FILE loads shows the traceback of FILE's own lines.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import ppl
 from ppl.compiler import Program
 from ppl.inference.notices import InferenceWarning
 from ppl.inference.posterior import Posterior
+from ppl.inference.serialize import SaveError
 from ppl.workloads import ItemError, Results
 
 METHODS: dict[str, Callable[..., Posterior]] = {
@@ -61,6 +64,17 @@ class UsageError(Exception):
     """A mistake in the command (FILE, PROGRAM, --arg, --inputs, options): exit status 2."""
 
 
+class RunError(Exception):
+    """An error while the run ran (a model that cannot load, a fault of ppl's): exit status 1,
+    reported with its traceback."""
+
+    def __init__(self, error: BaseException, *, traceback: bool = True, hint: str = "") -> None:
+        notes = "".join(f" ({note})" for note in getattr(error, "__notes__", ()))
+        super().__init__(f"{type(error).__name__}: {error}{notes}{hint}")
+        self.error = error
+        self.traceback = traceback
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `ppl` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
     parser = _parser()
@@ -76,11 +90,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"ppl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        trace = "".join(traceback.format_exception(e.error)).rstrip() + "\n" if e.traceback else ""
+        print(f"{trace}ppl {args.command}: the run failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        resume = f"; a rerun resumes from {out}" if out else ""
-        print(f"ppl {args.command}: interrupted{resume}", file=sys.stderr)
+        print(f"ppl {args.command}: interrupted{_saved(getattr(args, 'out', None))}",
+              file=sys.stderr)  # fmt: skip
         return 130
+
+
+def _saved(out: str | None) -> str:
+    """What an interrupted run kept: the finished items in --out, if any."""
+    if out is None:
+        return ""
+    indices = set()
+    try:
+        with open(out, "rb") as f:
+            for line in f.read().split(b"\n")[:-1]:  # a line cut off by the stop is not saved
+                try:
+                    indices.add(json.loads(line)["index"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        pass
+    finished = len(indices)
+    if not finished:
+        return f"; no item had finished, so nothing was saved to {out}"
+    items = "1 finished item" if finished == 1 else f"{finished} finished items"
+    return f"; {out} holds {items}: a rerun of this command resumes from there"
 
 
 # -- ppl run -------------------------------------------------------------------------------------
@@ -109,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             )
         options["record"] = True
     settings: dict[str, Any] = {"seed": args.seed, "checkpoint": args.out, "model": model}
+    if args.allow_pickle:
+        settings["allow_pickle"] = True
     for name in ("rows", "cluster", "workers"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -119,15 +159,22 @@ def run(args: argparse.Namespace) -> int:
         warnings.filterwarnings(
             "ignore", message=r"ppl\.map: \d+ of \d+ items raised", category=InferenceWarning
         )
-        try:
-            results = ppl.map(method, program, todo, **settings, **options)
+        try:  # imap checks everything, and reads the checkpoint, before anything runs
+            running = ppl.imap(method, program, todo, **settings, **options)
         except (TypeError, ValueError, OSError) as e:
-            # map checks everything before the first item runs: these are the command's mistakes
+            # the command's mistakes: options, inputs, a model name, a checkpoint of other work
             raise UsageError(str(e)) from None
+        try:
+            results = running.results()
+        except SaveError as e:  # a result --out cannot hold: the message says what and where
+            hint = " (from the command line: --allow-pickle)" if e.needs_pickle else ""
+            raise RunError(e, traceback=False, hint=hint) from None
         except ImportError as e:
-            if args.cluster is None:
-                raise
+            if args.cluster is None or "ray" not in str(e).lower():
+                raise RunError(e) from e
             raise UsageError(f"{e} (--cluster needs Ray: pip install 'ppl-lm[ray]')") from None
+        except Exception as e:
+            raise RunError(e) from e
 
     where = [f"{args.inputs}, line {n}" for n, _ in lines] if args.inputs is not None else None
     report(results, sys.stdout, where)
@@ -452,6 +499,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cluster", metavar="ray|ADDRESS", help="run the items on Ray workers")
     p.add_argument("--workers", type=_count, metavar="N", help="Ray workers (default: one per CPU)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let --out hold results JSON cannot (pickled); needed again to resume from it. "
+        "Unsafe for files from others: unpickling can run any code",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar over items")
     p.set_defaults(handler=run, command="run")
 

@@ -190,15 +190,55 @@ def test_a_file_that_raises_shows_its_own_traceback(tmp_path, capsys):
 def test_the_model_is_embedded_only_for_programs_with_lm(toy, monkeypatch, capsys):
     seen = []
 
-    def fake_map(method, program, inputs, **settings):
-        seen.append(settings["model"])
-        return ppl.workloads.Results([], {})
+    class Done:
+        def results(self):
+            return ppl.workloads.Results([], {})
 
-    monkeypatch.setattr(ppl, "map", fake_map)
+    def fake_imap(method, program, inputs, **settings):
+        seen.append(settings["model"])
+        return Done()
+
+    monkeypatch.setattr(ppl, "imap", fake_imap)
     assert main(["run", f"{toy}:with_lm", "--arg", "prompt=a"]) == 0
     assert main(["run", f"{toy}:letters", "--arg", "prompt=a"]) == 0
     assert main(["run", f"{toy}:with_lm", "--arg", "prompt=a", "--model", "hf:some/model"]) == 0
     assert seen == ["embedded", None, "hf:some/model"]
+
+
+def test_a_model_that_cannot_load_is_a_failed_run_that_names_it(toy, tmp_path, capsys):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    rc = main(["run", f"{toy}:with_lm", "--arg", "prompt=a", "--model", f"hf:{empty}",
+               "--no-progress"])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err  # the cause, not a usage message
+    assert f"while loading the model ModelSpec('hf', '{empty}'" in err
+    assert "ppl run: the run failed: " in err and "usage" not in err
+
+
+def test_an_error_of_ppl_during_the_run_keeps_its_traceback(toy, monkeypatch, capsys):
+    from ppl.workloads import batch
+
+    def broken(self, jobs):
+        raise TypeError("an internal fault")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(batch.SharedSteps, "run", broken)
+    assert main(["run", f"{toy}:letters", "--arg", "prompt=a", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "batch.SharedSteps" not in err
+    assert "ppl run: the run failed: TypeError: an internal fault" in err
+
+
+def test_a_checkpoint_of_other_work_is_a_mistake_in_the_command(toy, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    argv = ["run", f"{toy}:letters", "--arg", "prompt=a", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--particles", "3"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--particles", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "what changed: option 'particles'" in err and "Traceback" not in err
 
 
 def test_version_and_help(capsys):
@@ -253,3 +293,47 @@ def test_short_words_on_the_embedded_model(tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 2
     assert main(argv) == 0
     assert "2 items, 0 failed, 2 resumed" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_says_what_was_saved(toy, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results.jsonl"
+    argv = ["run", f"{toy}:letters", "--arg", "prompt=a", "--out", str(out), "--no-progress"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppl, "imap", interrupted)
+    assert main(argv) == 130
+    assert f"no item had finished, so nothing was saved to {out}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(argv) == 0
+    monkeypatch.setattr(ppl, "imap", interrupted)
+    assert main(argv) == 130
+    assert f"{out} holds 1 finished item: a rerun" in capsys.readouterr().err
+
+
+FRACTIONS = """
+from fractions import Fraction
+from ppl import program, sample
+from ppl.distributions import Bernoulli
+
+
+@program
+def third():
+    return Fraction(int(sample(Bernoulli(0.5))), 3)
+"""
+
+
+def test_a_result_out_cannot_hold_is_named_and_allow_pickle_keeps_it(tmp_path, capsys):
+    script = tmp_path / "fractions_program.py"
+    script.write_text(FRACTIONS)
+    out = tmp_path / "results.jsonl"
+    argv = ["run", f"{script}:third", "--particles", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "ppl run: the run failed: SaveError: ppl.map: item 0's result cannot be written" in err
+    assert "values[0] is a fractions.Fraction" in err and "--allow-pickle" in err
+    assert "Traceback" not in err
+    assert main([*argv, "--allow-pickle"]) == 0
+    assert main([*argv, "--allow-pickle"]) == 0
+    assert "1 resumed" in capsys.readouterr().out

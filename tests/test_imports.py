@@ -167,3 +167,12 @@ def test_import_graph_has_no_cycles():
         f"cycle among {component}: {' -> '.join(_cycle(graph, component))}" for component in cycles
     )
     assert not cycles, message
+
+
+def test_star_import_leaves_the_builtin_map_alone():
+    namespace: dict = {}
+    exec("from ppl import *", namespace)
+    assert "map" not in namespace and "imap" in namespace and "smc" in namespace
+    import ppl
+
+    assert callable(ppl.map) and ppl.map is not map

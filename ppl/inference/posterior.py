@@ -23,6 +23,8 @@ from ppl.inference.weights import ess_of as ess_of
 from ppl.inference.weights import log_sum_exp as log_sum_exp
 from ppl.inference.weights import normalise as normalise
 
+_SAMPLES_STREAM = 0x73616D70  # "samp": the spawn key of `Posterior.samples`' generator
+
 
 @dataclass
 class Posterior:
@@ -90,15 +92,34 @@ class Posterior:
         return ess_of(self.log_weights)
 
     def samples(self, n: int | None = None, *, seed: int | None = None) -> list[Any]:
-        """`n` return values (default: one per particle) drawn by weight, with replacement."""
+        """`n` return values (default: one per particle) drawn by weight, with replacement.
+
+        Reproducible: without `seed` the draws derive from the run's seed (`stats["seed"]`),
+        so the same posterior (or the same run made again, or loaded from a file) gives the
+        same samples for the same call; `seed=` draws others. An unseeded run records the
+        entropy it drew as its seed, so its samples differ from run to run but not from call to
+        call; a posterior with no recorded seed draws fresh ones on every call.
+        """
         w = self.weights
         if w.sum() == 0:
             raise ValueError(f"no sample has positive weight: {self.failure}")
         n = self.num_particles if n is None else n
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"Posterior.samples(n): n must be a whole number >= 0, got {n!r}")
-        idx = np.random.default_rng(seed).choice(len(w), size=n, p=w)
+        rng = np.random.default_rng(seed if seed is not None else self._samples_seed())
+        idx = rng.choice(len(w), size=n, p=w)
         return [self.values[i] for i in idx]
+
+    def _samples_seed(self) -> np.random.SeedSequence | None:
+        """The seed of `samples()` without `seed=`: a stream of the run's seed that the run's
+        own generators (`ppl.runtime.generators`: spawn keys 0 and 1) do not use."""
+        run_seed = self.stats.get("seed") if isinstance(self.stats, dict) else None
+        if run_seed is None:
+            return None
+        try:
+            return np.random.SeedSequence(run_seed, spawn_key=(_SAMPLES_STREAM,))
+        except (TypeError, ValueError):  # not a seed numpy takes: draw fresh samples
+            return None
 
     def distribution(self) -> dict[Any, float]:
         """Total normalised weight of each distinct return value, most probable first.
@@ -251,49 +272,69 @@ class Posterior:
 
     # -- saving ----------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, allow_pickle: bool = False) -> dict[str, Any]:
         """Every field as strict JSON data; `Posterior.from_dict` gives it back.
 
         The format is in `ppl.inference.serialize` and docs/inference.md. Compact
         `json.dumps(post.to_dict(), allow_nan=False)` is one line: one run per line of a JSONL.
+        A value JSON cannot hold (a `Fraction`, a namedtuple, a user's class: see the format)
+        raises `SaveError`, a TypeError naming it and where it is, unless `allow_pickle=True`:
+        it is then pickled, and reading it back needs `from_dict(d, allow_pickle=True)`.
+        Unpickling can run any code: only for files you wrote yourself.
         """
         from ppl.inference.serialize import posterior_to_dict
 
-        return posterior_to_dict(self)
+        return posterior_to_dict(self, allow_pickle=allow_pickle)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, allow_pickle: bool = True) -> Posterior:
+    def from_dict(cls, d: dict[str, Any], *, allow_pickle: bool = False) -> Posterior:
         """The posterior that `to_dict` wrote as `d` (ValueError if `d` is not one).
 
-        Tokens come back as `TokenRecord`s and jax arrays as numpy arrays. `allow_pickle=False`
-        refuses values that were pickled (unpickling can run any code).
+        Tokens come back as `TokenRecord`s and jax arrays as numpy arrays. A pickled value
+        (written with `to_dict(allow_pickle=True)`) raises `PickleRefusedError`, a ValueError
+        naming it, and nothing of it is unpickled, unless `allow_pickle=True`: unpickling can
+        run any code, so pass it only for data you wrote yourself, never for data from others.
         """
         from ppl.inference.serialize import posterior_from_dict
 
         return posterior_from_dict(d, cls=Posterior, allow_pickle=allow_pickle)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write `to_dict()` to `path` as indented UTF-8 JSON."""
-        d = self.to_dict()
+    def save(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
+        """Write `to_dict()` to `path` as indented UTF-8 JSON.
+
+        The file holds data only: a value JSON cannot hold raises `SaveError` (a TypeError) and
+        nothing is written, unless `allow_pickle=True`, which pickles it; loading such a file
+        then needs `Posterior.load(path, allow_pickle=True)`, which can run any code the file
+        holds: only for files you wrote yourself.
+        """
+        d = self.to_dict(allow_pickle=allow_pickle)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(d, f, indent=1, allow_nan=False, ensure_ascii=False)
             f.write("\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, allow_pickle: bool = True) -> Posterior:
+    def load(cls, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Posterior:
         """The posterior that `save` wrote to `path`.
 
-        Raises ValueError, naming `path`, when the file is not a saved ppl posterior.
+        Raises ValueError, naming `path`, when the file is not a saved ppl posterior, and
+        `PickleRefusedError` (a ValueError naming `path` and the value) when it holds a pickled
+        value: nothing in the file is unpickled unless `allow_pickle=True`, which can run any
+        code the file holds; pass it only for a file you wrote yourself, never one from others.
         """
+        from ppl.inference.serialize import PickleRefusedError
+
+        where = os.fspath(path)
         with open(path, encoding="utf-8") as f:
             try:
                 d = json.load(f)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{os.fspath(path)}: not a ppl posterior (not JSON: {e})") from e
+                raise ValueError(f"{where}: not a ppl posterior (not JSON: {e})") from e
         try:
             return cls.from_dict(d, allow_pickle=allow_pickle)
+        except PickleRefusedError as e:
+            raise PickleRefusedError(f"{where}: {e}", where=e.where, recorded=e.recorded) from None
         except ValueError as e:
-            raise ValueError(f"{os.fspath(path)}: {e}") from e
+            raise ValueError(f"{where}: {e}") from e
 
     def _repr_html_(self) -> str:
         """Notebooks show the summary (`summary()`) when a cell ends with a posterior."""

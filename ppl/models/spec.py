@@ -194,7 +194,11 @@ class ModelSpec:
             raise RuntimeError(
                 f"no loader is registered for {self.kind!r} models: import ppl.models"
             )
-        return loader(self)
+        try:
+            return loader(self)
+        except Exception as e:  # the error says why; the note, which model (with its options)
+            e.add_note(f"while loading the model {self!r}")
+            raise
 
     def __str__(self) -> str:
         text = "embedded" if self.kind == "embedded" else f"hf:{self.name_or_path}"

@@ -8,6 +8,16 @@ on Ray workers, with a checkpoint file that loses nothing.
 * `cluster`: Ray workers (the optional extra `ppl-lm[ray]`).
 """
 
-from ppl.workloads.run import ItemError, Results, imap, map
+from ppl.workloads.batch import SharedPassOutOfMemory
+from ppl.workloads.cluster import WorkersLost
+from ppl.workloads.run import ItemError, Results, Running, imap, map
 
-__all__ = ["map", "imap", "Results", "ItemError"]
+__all__ = [
+    "map",
+    "imap",
+    "Results",
+    "Running",
+    "ItemError",
+    "SharedPassOutOfMemory",
+    "WorkersLost",
+]

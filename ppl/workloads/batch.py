@@ -22,7 +22,10 @@ Python code), and routes their model calls here through `ppl.models.base.SHARED_
 
 Costs are attributed per run (`Fed`): a shared call counts once for each run that had rows in
 it, and a row that several runs needed counts its tokens for the first of them, so the runs'
-token counts add up to the tokens the model was fed.
+token counts add up to the tokens the model was fed. A call that raises counts too (the model
+counted it), charged to the runs whose rows were in it, and the runs' rows are then fed run by
+run so that only the run whose rows fail gets the error. An out-of-memory error stops the whole
+run at once, naming the rows to try (`SharedPassOutOfMemory`).
 
 Scheduling is step-synchronous and deterministic: no timers, no threads; the shared call is made
 exactly when no run can go on without it.
@@ -78,8 +81,9 @@ class SharedSteps:
             raise ValueError(f"in_flight must be a positive integer, got {in_flight!r}")
         self.rows = rows
         self.in_flight = in_flight
-        self.forward_calls = 0  # shared calls made, all runs together
+        self.forward_calls = 0  # shared calls made (or tried), all runs together
         self.tokens_fed = 0
+        self._last_rows = 0  # rows of the last call tried
 
     def run(self, jobs: Iterable[tuple[Any, Callable[[], Any]]]) -> Iterator[tuple[Any, Outcome]]:
         """Run `(key, job)` pairs; yield `(key, Outcome)` as each job finishes.
@@ -128,30 +132,44 @@ class SharedSteps:
                 settle(request.run, out)
 
     def _serve(self, requests: list[_Request]) -> list[Fed | BaseException]:
-        """Feed every request's contexts, one shared call per model; the cost of each request."""
+        """Feed every request's contexts, one shared call per model; the cost of each request.
+
+        A call that raises counts as made (the model counted it): its rows' tokens are charged
+        to their requests, so the runs' counts add up to the model's whatever failed. Then each
+        request is fed alone, so that only the ones that fail get the error; an out-of-memory
+        error is not retried that way but stops the run at once (`SharedPassOutOfMemory`).
+        """
         results: list[Fed | BaseException] = [Fed(0, 0)] * len(requests)
+        cost = {i: [0, 0] for i in range(len(requests))}  # request -> [calls, tokens]
         by_lm: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             by_lm.setdefault(id(r.lm), []).append(i)
         for members in by_lm.values():
             lm = requests[members[0]].lm
             try:
-                self._feed_together(lm, [(i, requests[i].contexts) for i in members], results)
-            except Exception:
+                self._feed_together(lm, [(i, requests[i].contexts) for i in members], cost)
+            except Exception as e:
+                if _is_out_of_memory(e):
+                    raise SharedPassOutOfMemory(e, self._last_rows, len(members), self.rows) from e
                 # the error belongs to some request's contexts: feed each request alone, so
                 # that only the ones that fail get the error
                 for i in members:
                     try:
-                        self._feed_together(lm, [(i, requests[i].contexts)], results)
+                        self._feed_together(lm, [(i, requests[i].contexts)], cost)
                     except Exception as e:
+                        if _is_out_of_memory(e):
+                            raise SharedPassOutOfMemory(e, self._last_rows, 1, self.rows) from e
                         results[i] = e
+        for i, (calls, tokens) in cost.items():
+            if not isinstance(results[i], BaseException):
+                results[i] = Fed(calls, tokens)
         return results
 
     def _feed_together(
         self,
         lm: LanguageModel,
         members: list[tuple[int, Sequence[Context]]],
-        results: list[Fed | BaseException],
+        cost: dict[int, list[int]],
     ) -> None:
         owner: dict[tuple[int, tuple[int, ...]], int] = {}  # row -> the request that claims it
         users: dict[tuple[int, tuple[int, ...]], set[int]] = {}
@@ -161,22 +179,66 @@ class SharedSteps:
                 owner.setdefault(key, i)
                 users.setdefault(key, set()).add(i)
                 groups.setdefault(key, []).extend(group)
-        calls = {i: 0 for i, _ in members}
-        tokens = {i: 0 for i, _ in members}
         keys = list(groups)
         step = self.rows or len(keys) or 1
         for start in range(0, len(keys), step):
             chunk = keys[start : start + step]
-            lm.feed([groups[k] for k in chunk])
-            self.forward_calls += 1
-            for i in set().union(*(users[k] for k in chunk)):
-                calls[i] += 1
-            for k in chunk:
-                n = len(k[1])
-                tokens[owner[k]] += n
-                self.tokens_fed += n
-        for i, _ in members:
-            results[i] = Fed(calls[i], tokens[i])
+            self._last_rows = len(chunk)
+            made = lm.forward_calls
+            try:
+                lm.feed([groups[k] for k in chunk])
+            finally:
+                # a call the model made counts, even when it raised (the model counted it); one
+                # refused before the forward pass (a context window exceeded) does not
+                if lm.forward_calls != made:
+                    self._charge(chunk, owner, users, cost)
+
+    def _charge(
+        self,
+        chunk: list[tuple[int, tuple[int, ...]]],
+        owner: dict[tuple[int, tuple[int, ...]], int],
+        users: dict[tuple[int, tuple[int, ...]], set[int]],
+        cost: dict[int, list[int]],
+    ) -> None:
+        """Count one call of `chunk`'s rows: once for each request with rows in it, and each
+        row's tokens for the request that claimed it."""
+        self.forward_calls += 1
+        for i in set().union(*(users[k] for k in chunk)):
+            cost[i][0] += 1
+        for k in chunk:
+            n = len(k[1])
+            cost[owner[k]][1] += n
+            self.tokens_fed += n
+
+
+class SharedPassOutOfMemory(MemoryError):
+    """A shared forward pass ran out of memory: the batch was too big for the device.
+
+    Raised once for the whole run (feeding each run alone would fail the same way, or thrash);
+    the items that finished are kept (and in the checkpoint). Names the rows of the call and
+    the `rows=` setting to try.
+    """
+
+    def __init__(self, error: BaseException, rows: int, runs: int, limit: int | None) -> None:
+        fit = max(1, rows // 2)
+        super().__init__(
+            f"out of memory in a forward pass of {rows} rows shared by {runs} runs "
+            f"(rows={limit}): {type(error).__name__}: {str(error).strip().rstrip('.')[:300]}. Pass "
+            f"ppl.map(..., rows={fit}) (or fewer), or fewer particles per item"
+        )
+        self.rows = rows
+        self.suggested_rows = fit
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says the device (or the host) had no memory for the call."""
+    if isinstance(e, MemoryError):
+        return True
+    name = type(e).__name__
+    text = str(e).lower()
+    return name == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
 
 
 def _job_body(job: Callable[[], Any], hub: greenlet) -> Callable[[], Outcome]:

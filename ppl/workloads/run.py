@@ -29,6 +29,7 @@ from ppl.inference.progress import enabled
 from ppl.models.base import LanguageModel
 from ppl.workloads.batch import Outcome, SharedSteps
 from ppl.workloads.checkpoint import Checkpoint, input_hash
+from ppl.workloads.fingerprint import content, digest, model_digest, program_parts
 from ppl.workloads.items import ItemError as ItemError  # re-exported: its old home
 from ppl.workloads.items import _item_job as _item_job
 
@@ -57,6 +58,31 @@ class Results(list):
         return not self.failures
 
 
+class Running(Iterator[tuple[int, "Posterior | ItemError"]]):
+    """The items of a mapped run, as they finish (what `ppl.imap` returns).
+
+    `stats` holds the run's totals so far; `results()` runs what is left and returns them all.
+    """
+
+    def __init__(self, items: Iterator[tuple[int, Posterior | ItemError]], stats: dict) -> None:
+        self._items = items
+        self.stats = stats
+        self._start = time.perf_counter()
+
+    def __next__(self) -> tuple[int, Posterior | ItemError]:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Stop the run (the checkpoint keeps what finished)."""
+        self._items.close()  # type: ignore[attr-defined]
+
+    def results(self) -> Results:
+        """Every item, in input order, once the run is over."""
+        out = dict(self)
+        self.stats["seconds"] = time.perf_counter() - self._start
+        return Results([out[i] for i in range(len(out))], self.stats)
+
+
 def map(
     method: Callable[..., Posterior],
     program: Program,
@@ -73,6 +99,8 @@ def map(
     workers: int | None = None,
     resources: dict[str, float] | None = None,
     retries: int = 2,
+    runtime_env: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
     **options: Any,
 ) -> Results:
     """Run `method` (`ppl.smc`, `ppl.importance`, `ppl.mh`, ...) on every input of `program`.
@@ -103,6 +131,11 @@ def map(
         workers: Ray workers (default: one per CPU of the cluster, at most one per item).
         resources: per worker, e.g. `{"num_gpus": 1}` or `{"num_cpus": 0.5}`.
         retries: on Ray, how many times an item is retried after its worker died.
+        runtime_env: on Ray, the workers' runtime environment (Ray's `runtime_env`: e.g.
+            `{"py_modules": [my_package]}` or `{"working_dir": "."}` to ship the program's code).
+        allow_pickle: let the checkpoint hold values JSON cannot (written and read back with
+            pickle). Off by default: unpickling a file can run any code, so only set it for
+            files you wrote yourself, on both the run that writes and the one that resumes.
         options: passed to `method` (`particles=16`, `steps=100`, ...). The per-step record
             of smc, importance and smc_steer (`record=`) is off unless given: `record=True`
             (or None, the methods' automatic rule) keeps one in each Posterior.
@@ -110,16 +143,11 @@ def map(
     Returns:
         `Results`: a list of `Posterior` (or `ItemError`) in input order.
     """
-    start = time.perf_counter()
-    stats: dict[str, Any] = {}
-    out: dict[int, Posterior | ItemError] = {}
-    for i, result in _imap(
+    running = _imap(
         method, program, inputs, seed, checkpoint, rows, in_flight, model, on_error, progress,
-        cluster, workers, resources, retries, options, stats,
-    ):  # fmt: skip
-        out[i] = result
-    stats["seconds"] = time.perf_counter() - start
-    results = Results([out[i] for i in range(len(out))], stats)
+        cluster, workers, resources, retries, runtime_env, allow_pickle, options,
+    )  # fmt: skip
+    results = running.results()
     if results.failures:
         first = results.failures[0]
         warnings.warn(
@@ -147,15 +175,19 @@ def imap(
     workers: int | None = None,
     resources: dict[str, float] | None = None,
     retries: int = 2,
+    runtime_env: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
     **options: Any,
-) -> Iterator[tuple[int, Posterior | ItemError]]:
+) -> Running:
     """`ppl.map` that yields `(index, Posterior or ItemError)` as each item finishes.
 
-    Items already in the checkpoint come first. Every index is yielded exactly once.
+    Everything is checked, and the checkpoint read, when `imap` is called; the items run as
+    the iterator is read. Items already in the checkpoint come first. Every index is yielded
+    exactly once. The iterator's `stats` fill in as it runs (see `Results`).
     """
     return _imap(
         method, program, inputs, seed, checkpoint, rows, in_flight, model, on_error, progress,
-        cluster, workers, resources, retries, options, {},
+        cluster, workers, resources, retries, runtime_env, allow_pickle, options,
     )  # fmt: skip
 
 
@@ -174,10 +206,15 @@ def _imap(
     workers: int | None,
     resources: dict[str, float] | None,
     retries: int,
+    runtime_env: dict[str, Any] | None,
+    allow_pickle: bool,
     options: dict[str, Any],
-    stats: dict[str, Any],
-) -> Iterator[tuple[int, Posterior | ItemError]]:
-    # everything is checked before the first item runs, so that a mistake fails at once
+) -> Running:
+    """Check everything and read the checkpoint; the items' run, as an iterator.
+
+    A mistake in the call (an option, an input, a checkpoint of other work) raises here, before
+    anything runs or loads; what goes wrong later is the run's own.
+    """
     if not callable(method):
         raise TypeError(f"ppl.map: method must be an inference function such as ppl.smc, got "
                         f"{type(method).__name__}")  # fmt: skip
@@ -203,86 +240,123 @@ def _imap(
     if lm is not None or spec is not None:
         items = [(_bind_lm(program, args, kwargs)) for args, kwargs in items]
     run_options = _run_options(method, options)
-    fingerprint = {
-        "method": getattr(method, "__qualname__", repr(method)),
-        "program": program.__qualname__,
-        "seed": seed,
-        # options that change what is computed; record= only keeps more of it
-        "options": {k: v for k, v in options.items() if k != "record"},
-        "model": None if spec is None and lm is None else str(spec or lm),
-    }
-    hashes = [input_hash(args, kwargs) for args, kwargs in items]
-    store = Checkpoint(checkpoint, fingerprint, hashes) if checkpoint is not None else None
+    fingerprint = (
+        _fingerprint(method, program, seed, options, spec or lm) if checkpoint is not None else {}
+    )
+    # each input by content, for the checkpoint to tell inputs apart
+    hashes = (
+        [input_hash(a, k, i) for i, (a, k) in enumerate(items)] if checkpoint else [""] * len(items)
+    )
+    store = (
+        Checkpoint(checkpoint, fingerprint, hashes, allow_pickle=allow_pickle)
+        if checkpoint is not None
+        else None
+    )
     done = store.load() if store is not None else {}
     todo = [i for i in range(len(items)) if not isinstance(done.get(i), Posterior)]
     waiting = set(todo)
     n_items = len(items)
-    stats.update(items=n_items, resumed=n_items - len(todo), failed=0)
-    bar = _bar(progress, n_items, n_items - len(todo))
-    try:
-        for i in range(n_items):
-            if i not in waiting:
-                yield i, done[i]
-        if in_flight is None:
-            per_item = _rows_per_item(method, options)
-            in_flight = len(todo) if rows is None else max(1, rows // per_item)
-        if cluster is None:
-            steps = SharedSteps(rows=rows, in_flight=max(1, in_flight))
+    stats: dict[str, Any] = {"items": n_items, "resumed": n_items - len(todo), "failed": 0}
+    if in_flight is None:
+        per_item = _rows_per_item(method, options)
+        in_flight = len(todo) if rows is None else max(1, rows // per_item)
 
-            def jobs() -> Iterator[tuple[int, Callable[[], Posterior]]]:
-                model_lm = lm if lm is not None else (spec.build() if spec is not None else None)
-                for i in todo:
-                    args, kwargs = items[i]
-                    if model_lm is not None:
-                        kwargs = {**kwargs, "lm": model_lm}
-                    yield i, _item_job(method, program, args, kwargs, seed, i, run_options)
+    if cluster is not None and lm is not None and spec is None:
+        spec = getattr(lm, "spec", None)
+        if spec is None:
+            raise TypeError(
+                "ppl.map: on a cluster the model is given as a spec that each worker "
+                "builds, e.g. model=ppl.models.spec('embedded')"
+            )
 
-            outcomes: Iterator[tuple[int, Outcome]] = steps.run(jobs())
-        else:
-            from ppl.workloads.cluster import run_on_ray
+    def execute() -> Iterator[tuple[int, Posterior | ItemError]]:
+        bar = _bar(progress, n_items, n_items - len(todo))
+        outcomes: Any = None
+        try:
+            for i in range(n_items):
+                if i not in waiting:
+                    yield i, done[i]
+            if cluster is None:
+                steps = SharedSteps(rows=rows, in_flight=max(1, in_flight))
 
-            if lm is not None and spec is None:
-                spec = getattr(lm, "spec", None)
-                if spec is None:
-                    raise TypeError(
-                        "ppl.map: on a cluster the model is given as a spec that each worker "
-                        "builds, e.g. model=ppl.models.spec('embedded')"
+                def jobs() -> Iterator[tuple[int, Callable[[], Posterior]]]:
+                    model_lm = (
+                        lm if lm is not None else (spec.build() if spec is not None else None)
                     )
-            outcomes = run_on_ray(
-                cluster, workers, resources, retries, rows, in_flight, spec,
-                method, program, [(i, *items[i]) for i in todo], seed, run_options, stats,
-            )  # fmt: skip
-        ran: list[Posterior | None] = []
-        for i, outcome in outcomes:
-            if (
-                not outcome.error_text
-                and outcome.error is None
-                and isinstance(outcome.value, Posterior)
-            ):
-                result: Posterior | ItemError = outcome.value
-                ran.append(result)
+                    for i in todo:
+                        args, kwargs = items[i]
+                        if model_lm is not None:
+                            kwargs = {**kwargs, "lm": model_lm}
+                        yield i, _item_job(method, program, args, kwargs, seed, i, run_options)
+
+                outcomes = steps.run(jobs())
             else:
-                result = ItemError(i, _describe(outcome), outcome.traceback, hashes[i])
-                stats["failed"] += 1
-            if store is not None:
-                store.append(i, result)
+                from ppl.workloads.cluster import run_on_ray
+
+                outcomes = run_on_ray(
+                    cluster, workers, resources, retries, rows, in_flight, spec,
+                    method, program, [(i, *items[i]) for i in todo], seed, run_options, stats,
+                    runtime_env=runtime_env,
+                )  # fmt: skip
+            ran: list[Posterior | None] = []
+            for i, outcome in outcomes:
+                if (
+                    not outcome.error_text
+                    and outcome.error is None
+                    and isinstance(outcome.value, Posterior)
+                ):
+                    result: Posterior | ItemError = outcome.value
+                    ran.append(result)
+                else:
+                    result = ItemError(i, _describe(outcome), outcome.traceback, hashes[i])
+                    stats["failed"] += 1
+                if store is not None:
+                    store.append(i, result)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{stats['failed']} failed", refresh=False)
+                if on_error == "raise" and isinstance(result, ItemError):
+                    error = outcome.error or RuntimeError(result.error)
+                    _note(error, f"raised by item {i} under ppl.map (input {items[i]!r:.200})")
+                    raise error
+                yield i, result
+            if cluster is None:
+                stats.update(forward_calls=steps.forward_calls, tokens_fed=steps.tokens_fed)
+            else:  # each worker's calls are its own: the items' token counts add up to the total
+                stats["tokens_fed"] = sum(
+                    r.stats.get("tokens_fed", 0) for r in ran if r is not None
+                )
+        finally:
+            if outcomes is not None:  # stops the runs in flight (Ray: its workers) at once
+                outcomes.close()
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{stats['failed']} failed", refresh=False)
-            if on_error == "raise" and isinstance(result, ItemError):
-                error = outcome.error or RuntimeError(result.error)
-                _note(error, f"raised by item {i} under ppl.map (input {items[i]!r:.200})")
-                raise error
-            yield i, result
-        if cluster is None:
-            stats.update(forward_calls=steps.forward_calls, tokens_fed=steps.tokens_fed)
-        else:  # each worker's calls are its own: the items' token counts add up to the total
-            stats["tokens_fed"] = sum(r.stats.get("tokens_fed", 0) for r in ran if r is not None)
-    finally:
-        if bar is not None:
-            bar.close()
-        if store is not None:
-            store.close()
+                bar.close()
+            if store is not None:
+                store.close()
+
+    return Running(execute(), stats)
+
+
+def _fingerprint(
+    method: Callable[..., Any],
+    program: Program,
+    seed: Any,
+    options: dict[str, Any],
+    model: Any,
+) -> dict[str, Any]:
+    """What decides the items' results, part by part (`ppl.workloads.fingerprint`)."""
+    return {
+        "method": f"{getattr(method, '__module__', '')}.{getattr(method, '__qualname__', '')}",
+        "program": program_parts(program),
+        "model": model_digest(model),
+        "seed": list(seed) if isinstance(seed, tuple) else seed,
+        # options that change what is computed; record= only keeps more of it
+        "options": {
+            k: digest(content(v, f"option {k}", strict=False))
+            for k, v in options.items()
+            if k != "record"
+        },
+    }
 
 
 def _listed(inputs: Iterable[Any]) -> list[Any]:

@@ -14,7 +14,13 @@ import pytest
 import ppl
 from ppl import condition, program, sample
 from ppl.inference import InferenceWarning
-from ppl.inference.serialize import TokenRecord, from_jsonable, to_jsonable
+from ppl.inference.serialize import (
+    PickleRefusedError,
+    SaveError,
+    TokenRecord,
+    from_jsonable,
+    to_jsonable,
+)
 from ppl.models import FunctionLM
 from ppl.trace import Trace
 from tests.inference.toy import no_double_a, rated_text, toy_lm
@@ -35,7 +41,7 @@ def same(a, b) -> bool:
             return False
         if a.dtype == object:
             return all(same(x, y) for x, y in zip(a.ravel(), b.ravel()))
-        return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        return np.array_equal(a, b, equal_nan=a.dtype.kind in "fcmM")
     if isinstance(a, (float, np.floating)) and math.isnan(a):
         return math.isnan(b)
     if isinstance(a, (list, tuple)):
@@ -105,18 +111,40 @@ VALUES = [
     np.zeros((0, 3), dtype=np.float32),
     np.array(7, dtype=np.uint8),
     np.array([{"k": (1,)}, None, np.int16(2)], dtype=object),
-    np.array([1 + 2j]),
+    np.array([1 + 2j, complex(np.nan, -np.inf)]),
+    np.array([[0.5j]], dtype=np.complex64),
+    np.complex128(1 - 1j),
+    complex(1, -1),
+    np.array(["2020-01-01", "NaT"], dtype="datetime64[D]"),
+    np.array([3, -1], dtype=">m8[ms]"),
+    np.datetime64("2021-03-04T05:06"),
+]
+
+# values JSON cannot hold: saved as pickles, only with allow_pickle=True on both sides
+PICKLED = [
     fractions.Fraction(1, 3),
     Pair(1, "b"),
     collections.OrderedDict(b=1, a=2),
-    complex(1, -1),
+    np.array([b"ab", b"c"]),
 ]
 
 
 @pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
 def test_values_come_back_equal_and_of_the_same_type(value):
     text = json.dumps(to_jsonable(value), allow_nan=False)
+    assert "pickle" not in text
     assert same(value, from_jsonable(json.loads(text)))
+
+
+@pytest.mark.parametrize("value", PICKLED, ids=lambda v: type(v).__name__)
+def test_other_values_need_allow_pickle_on_both_sides(value):
+    with pytest.raises(SaveError, match="allow_pickle=True") as refused:
+        to_jsonable(value)
+    assert isinstance(refused.value, TypeError) and refused.value.needs_pickle
+    text = json.dumps(to_jsonable(value, allow_pickle=True), allow_nan=False)
+    with pytest.raises(PickleRefusedError, match="allow_pickle=True"):
+        from_jsonable(json.loads(text))
+    assert same(value, from_jsonable(json.loads(text), allow_pickle=True))
 
 
 def test_json_values_are_written_as_themselves():
@@ -154,15 +182,19 @@ def test_a_token_holding_part_of_a_character_keeps_its_bytes():
 
 
 def test_values_that_cannot_be_saved_say_why():
-    with pytest.raises(TypeError, match="language model"):
-        to_jsonable(toy_lm.context("ab"))
-    with pytest.raises(TypeError, match="cannot be pickled"):
-        to_jsonable(lambda x: x)
+    for allow_pickle in (False, True):
+        with pytest.raises(TypeError, match="language model"):
+            to_jsonable(toy_lm.context("ab"), allow_pickle=allow_pickle)
+        with pytest.raises(TypeError, match="cannot be pickled") as refused:
+            to_jsonable(lambda x: x, allow_pickle=allow_pickle)
+        assert not refused.value.needs_pickle and "allow_pickle" not in str(refused.value)
 
 
 def test_pickled_values_can_be_refused():
-    obj = to_jsonable(fractions.Fraction(1, 3))
+    obj = to_jsonable(fractions.Fraction(1, 3), allow_pickle=True)
     assert obj["__ppl__"] == "pickle" and obj["repr"] == "Fraction(1, 3)"
+    with pytest.raises(ValueError, match="allow_pickle"):
+        from_jsonable(obj)
     with pytest.raises(ValueError, match="allow_pickle"):
         from_jsonable(obj, allow_pickle=False)
     assert from_jsonable({"a": [1, (2,)]}, allow_pickle=False) == {"a": [1, (2,)]}

@@ -102,8 +102,8 @@ def test_failed_items_are_recorded_then_run_again(tmp_path):
     "change,message",
     [
         ({"inputs": [("ab",), ("ba",), ("bb",)]}, "input 2 differs"),
-        ({"particles": 5}, "other settings"),
-        ({"seed": 1}, "other settings"),
+        ({"particles": 5}, "other work; what changed: option 'particles'"),
+        ({"seed": 1}, r"other work; what changed: the seed \(0 then, 1 now\)"),
     ],
 )
 def test_a_checkpoint_of_another_run_is_refused(tmp_path, change, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import ppl
@@ -78,4 +80,35 @@ slow_lm = FunctionLM(VOCAB, slow_next_token, eos="<eos>")
 def slow_letters(prompt: str):
     """`with_lm` on a model that takes 10 ms a row: slow enough to kill a worker mid-run."""
     text = with_lm(slow_lm, prompt, 6)
+    return text
+
+
+@program
+def locked(prompt: str):
+    """`with_lm`, returning a lock (which cannot be pickled) for the input "b"."""
+    text = with_lm(lm, prompt, 3)
+    if prompt == "b":
+        return threading.Lock()
+    return text
+
+
+@program
+def exits(prompt: str):
+    """`slow_letters`, ending its process for the input "c" (as a crash in native code would)."""
+    text = with_lm(slow_lm, prompt, 6)
+    if prompt == "c":
+        os._exit(3)
+    return text
+
+
+class Abort(BaseException):
+    """Not an Exception: it escapes an item's run, and a Ray worker's whole chunk with it."""
+
+
+@program
+def aborts(prompt: str):
+    """`with_lm`, raising `Abort` for the input "b"."""
+    text = with_lm(lm, prompt, 3)
+    if prompt == "b":
+        raise Abort("the run of 'b' stops here")
     return text
