@@ -11,7 +11,9 @@ What it promises, and where each part happens:
   model=--model, **method options)` (`run`): item `i` is the same run, seed for seed, as
   `method(program, seed=(seed, i), **options, **item_i)` made in Python.
 * An item is the `--arg` values updated by one line of `--inputs` (`items`): a line wins over
-  `--arg`. Without `--inputs` the `--arg` values are the one item.
+  `--arg`. Without `--inputs` the `--arg` values are the one item. Each value is checked, before
+  anything loads, against its parameter's annotation (or its default's type): `--arg
+  max_tokens=twenty` for `max_tokens: int` is a mistake in the command, named.
 * FILE is loaded as a module under a private name (`load_file`), so its `if __name__ ==
   "__main__":` block does not run; its directory goes on `sys.path` for its own imports.
 * Exit status: 0 when every item ran; 1 when some item raised (each is printed with its error
@@ -309,7 +311,95 @@ def items(
             if key not in params and not takes_any:
                 raise UsageError(f"{where}: {name}() has no parameter {key!r} ({_sig(program)})")
         out.append({**shared, **line})
+    expected = _expected_types(program)
+    for key, value in shared.items():
+        _check_type(name, key, value, expected, "--arg")
+    for (number, _), item in zip(lines, out):
+        where = source if source == "--arg" else f"{source}, line {number}"
+        for key, value in item.items():  # a shared value that fits was checked above
+            _check_type(name, key, value, expected, where)
     return out
+
+
+def _expected_types(program: Program) -> dict[str, tuple[Any, str]]:
+    """Each parameter's expected type, from its annotation or else its default's type, with how
+    to name it: {name: (type, "int")}. Parameters with neither are left out."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(program.fn)
+    except Exception:  # an annotation that does not resolve: read the plain names only
+        simple = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+        hints = {
+            n: simple[a] for n, a in program.fn.__annotations__.items() if a in simple
+        }  # fmt: skip
+    out = {}
+    for n, p in program.code.signature.parameters.items():
+        if n in hints:
+            out[n] = (hints[n], _type_name(hints[n]))
+        elif p.default is not inspect.Parameter.empty and type(p.default) in (int, float):
+            out[n] = (float, "a number (its default is " + repr(p.default) + ")")
+        elif p.default is not inspect.Parameter.empty and type(p.default) in (str, bool):
+            kind = type(p.default)
+            out[n] = (kind, f"{kind.__name__} (its default is {p.default!r})")
+    return out
+
+
+def _type_name(t: Any) -> str:
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
+
+
+def _fits(value: Any, t: Any) -> bool | None:
+    """Whether a value read from JSON fits type `t`; None when that cannot be told."""
+    import types
+    import typing
+
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t in (str, bool):
+        return isinstance(value, t)
+    if t is type(None):
+        return value is None
+    if t in (list, tuple):
+        return isinstance(value, list)
+    if t is dict:
+        return isinstance(value, dict)
+    origin = typing.get_origin(t)
+    arguments = typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        fits = [_fits(value, a) for a in arguments]
+        return True if any(f is True for f in fits) else None if None in fits else False
+    if origin is typing.Literal:
+        return value in arguments
+    if origin in (list, tuple) or (isinstance(origin, type) and origin.__name__ == "Sequence"):
+        if not isinstance(value, list):
+            return False
+        if origin is list and len(arguments) == 1:
+            each = [_fits(v, arguments[0]) for v in value]
+            return False if False in each else None if None in each else True
+        return True
+    if origin is dict:
+        return isinstance(value, dict)
+    return None
+
+
+def _check_type(
+    name: str, key: str, value: Any, expected: dict[str, tuple[Any, str]], where: str
+) -> None:
+    if key not in expected or _fits(value, expected[key][0]) is not False:
+        return
+    what = f"{value!r:.60} ({type(value).__name__})"
+    hint = ""
+    if not isinstance(value, str) and _fits(json.dumps(value), expected[key][0]):
+        text = f"{key}='\"{value}\"'" if where == "--arg" else f'"{key}": "{value}"'
+        hint = f"; for the text, write it as a JSON string: {text}"
+    elif value in (0, 1) and _fits(True, expected[key][0]):
+        hint = f"; write {key}=true or {key}=false"
+    raise UsageError(
+        f"{where}: {key}={what} does not fit {name}()'s parameter {key}: {expected[key][1]}{hint}"
+    )
 
 
 def report(results: Results, out: TextIO, where: list[str] | None = None) -> None:

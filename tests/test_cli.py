@@ -337,3 +337,33 @@ def test_a_result_out_cannot_hold_is_named_and_allow_pickle_keeps_it(tmp_path, c
     assert main([*argv, "--allow-pickle"]) == 0
     assert main([*argv, "--allow-pickle"]) == 0
     assert "1 resumed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arg,message",
+    [
+        ("max_tokens=twenty", "--arg: max_tokens='twenty' (str) does not fit short_words()'s "
+         "parameter max_tokens: int"),
+        ("max_tokens=2.5", "max_tokens=2.5 (float) does not fit"),
+        ("prompt=42", "prompt: str; for the text, write it as a JSON string: prompt='\"42\"'"),
+    ],
+)  # fmt: skip
+def test_argument_types_are_checked_before_the_model_loads(monkeypatch, capsys, arg, message):
+    from ppl.models.spec import ModelSpec
+
+    def build(self):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ModelSpec, "build", build)
+    argv = ["run", f"{REPO / 'tutorials' / 'short_words.py'}:short_words",
+            "--arg", "prompt=Hello", "--arg", arg]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_input_line_of_the_wrong_type_is_named(toy, tmp_path, capsys):
+    inputs = jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b", "n": "four"}])
+    assert main(["run", f"{toy}:letters", "--inputs", str(inputs)]) == 2
+    err = capsys.readouterr().err
+    assert "in.jsonl, line 2: n='four' (str) does not fit letters()'s parameter n: int" in err

@@ -21,13 +21,20 @@ What each family shows:
 
 from __future__ import annotations
 
+import contextvars
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 INTERVAL = 0.1  # seconds between refreshes of a bar
+
+#: where a run with no bar of its own reports its progress, (done, total, text), when one is set:
+#: `ppl.map` sets it in each item's context to show progress inside the items in flight
+REPORT: contextvars.ContextVar[Callable[[int, int, str], None] | None] = contextvars.ContextVar(
+    "ppl_progress_report", default=None
+)
 
 PARTICLES_FORMAT = (
     "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} particles done [{elapsed}{postfix}]"
@@ -68,19 +75,32 @@ class Bar:
     state of a run).
     """
 
-    def __init__(self, bar: Any = None, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        bar: Any = None,
+        interval: float | None = None,
+        *,
+        report: Callable[[int, int, str], None] | None = None,
+        total: int = 0,
+    ) -> None:
         self._bar = bar
+        self._report = report  # instead of a bar: (done, total, text) to whoever watches
+        self._total = total
         self._interval = INTERVAL if interval is None else interval
-        self._next = 0.0 if bar is not None else math.inf
+        self._next = 0.0 if bar is not None or report is not None else math.inf
 
     @property
     def on(self) -> bool:
-        return self._bar is not None
+        return self._bar is not None or self._report is not None
 
     def due(self) -> bool:
         return time.monotonic() >= self._next
 
     def show(self, n: int, text: str) -> None:
+        if self._report is not None:
+            self._next = time.monotonic() + self._interval
+            self._report(n, self._total, text)
+            return
         bar = self._bar
         if bar is None:
             return
@@ -105,9 +125,11 @@ def progress_bar(
     unit: str = "it",
     bar_format: str | None = None,
 ) -> Bar:
-    """A `tqdm.auto` bar when `enabled(progress)`, else a bar that shows nothing."""
+    """A `tqdm.auto` bar when `enabled(progress)`, else a bar that shows nothing (or that
+    reports to `REPORT`, when the run is an item of `ppl.map`)."""
     if not enabled(progress):
-        return Bar(None)
+        report = REPORT.get()
+        return Bar(None) if report is None else Bar(None, report=report, total=total)
     from tqdm.auto import tqdm
 
     bar = tqdm(

@@ -25,7 +25,7 @@ from typing import Any
 from ppl.compiler import Program
 from ppl.inference.notices import InferenceWarning
 from ppl.inference.posterior import Posterior
-from ppl.inference.progress import enabled
+from ppl.inference.progress import INTERVAL, REPORT, enabled
 from ppl.models.base import LanguageModel
 from ppl.workloads.batch import Outcome, SharedSteps
 from ppl.workloads.checkpoint import Checkpoint, input_hash
@@ -287,7 +287,8 @@ def _imap(
                         args, kwargs = items[i]
                         if model_lm is not None:
                             kwargs = {**kwargs, "lm": model_lm}
-                        yield i, _item_job(method, program, args, kwargs, seed, i, run_options)
+                        job = _item_job(method, program, args, kwargs, seed, i, run_options)
+                        yield i, job if bar is None else _reporting(job, bar.reporter(i))
 
                 outcomes = steps.run(jobs())
             else:
@@ -313,8 +314,7 @@ def _imap(
                 if store is not None:
                     store.append(i, result)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"{stats['failed']} failed", refresh=False)
+                    bar.finished(i, isinstance(result, ItemError))
                 if on_error == "raise" and isinstance(result, ItemError):
                     error = outcome.error or RuntimeError(result.error)
                     _note(error, f"raised by item {i} under ppl.map (input {items[i]!r:.200})")
@@ -509,12 +509,81 @@ def _describe(outcome: Outcome) -> str:
     return f"TypeError: the method returned {type(outcome.value).__name__}, not a Posterior"
 
 
-def _bar(progress: bool | None, total: int, initial: int) -> Any:
+def _reporting(
+    job: Callable[[], Posterior], report: Callable[[int, int, str], None]
+) -> Callable[[], Posterior]:
+    """`job`, with its run's progress reported to `report` (set in the job's own context)."""
+
+    def run() -> Posterior:
+        REPORT.set(report)  # each job runs in a context of its own (`SharedSteps`)
+        return job()
+
+    return run
+
+
+def _bar(progress: bool | None, total: int, initial: int) -> _MapBar | None:
     if not enabled(progress):
         return None
-    from tqdm.auto import tqdm
+    return _MapBar(total, initial)
 
-    return tqdm(total=total, initial=initial, desc="ppl.map", unit="item")
+
+class _MapBar:
+    """The bar over items: whole items finished, plus how far the items in flight are.
+
+    Items in flight share every step, so they tend to finish together; between, each one's run
+    reports (through `ppl.inference.progress.REPORT`, set in its own context) its particles
+    stopped or chain steps done out of its total, and the bar counts that fraction of the item
+    and shows the text of the oldest item in flight (step, ESS, log Z, ...).
+    """
+
+    FORMAT = (
+        "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} items "
+        "[{elapsed}<{remaining}{postfix}]"
+    )
+
+    def __init__(self, total: int, initial: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, initial=initial, desc="ppl.map", bar_format=self.FORMAT)
+        self._finished = float(initial)
+        self._failed = 0
+        self._inside: dict[int, tuple[float, str]] = {}  # item in flight -> (fraction, its text)
+        self._next = 0.0
+
+    def reporter(self, index: int) -> Callable[[int, int, str], None]:
+        """What item `index`'s run reports to."""
+
+        def report(done: int, total: int, text: str) -> None:
+            # a resampled run may stop fewer particles than before: the bar does not go back
+            before = self._inside.get(index, (0.0, ""))[0]
+            self._inside[index] = (max(before, done / total if total else 0.0), text)
+            self._draw()
+
+        return report
+
+    def finished(self, index: int, failed: bool) -> None:
+        self._inside.pop(index, None)
+        self._finished += 1
+        self._failed += failed
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + INTERVAL
+        parts = []
+        if self._inside:
+            first = min(self._inside)
+            parts.append(f"{len(self._inside)} in flight; item {first}: {self._inside[first][1]}")
+        if self._failed:
+            parts.append(f"{self._failed} failed")
+        self._bar.n = self._finished + sum(f for f, _ in self._inside.values())
+        self._bar.set_postfix_str("; ".join(parts), refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def _note(e: BaseException, text: str) -> None:

@@ -160,3 +160,26 @@ def test_a_tuple_seed_extends_to_each_item():
     mapped = ppl.map(ppl.smc, letters, INPUTS[:3], seed=(4, 2), particles=3)
     for i, args in enumerate(INPUTS[:3]):
         assert same_run(mapped[i], ppl.smc(letters, *args, seed=(4, 2, i), particles=3))
+
+
+def test_the_bar_over_items_moves_inside_the_items_in_flight(monkeypatch):
+    from ppl.inference import progress
+    from ppl.workloads import run as map_module
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)  # every report is drawn
+    monkeypatch.setattr(map_module, "INTERVAL", 0.0)
+    drawn = []
+    draw = map_module._MapBar._draw
+
+    def spy(self, force=False):
+        draw(self, force)
+        drawn.append((self._bar.n, self._bar.postfix or ""))
+
+    monkeypatch.setattr(map_module._MapBar, "_draw", spy)
+    out = ppl.map(ppl.smc, letters, INPUTS[:6], particles=4, progress=True)  # all 6 in flight
+    assert out.ok
+    before = [(n, text) for n, text in drawn if n < 1]  # before the first item finished
+    assert any(0 < n < 1 for n, _ in before), "the bar moved before an item finished"
+    assert any(text.startswith("6 in flight; item 0: step ") for _, text in before)
+    assert drawn[-1][0] == 6
+    assert [n for n, _ in drawn] == sorted(n for n, _ in drawn), "it never moves back"
