@@ -5,7 +5,9 @@
 from a file, with no server and nothing fetched from the network. The page holds the prompt, a
 legend, a strip of the ESS and the running log evidence over the steps (inline SVG), the
 distinct final texts with their weights, and the particles of every step (embedded JSON drawn
-by a short inline script).
+by a short inline script). The strip's "resample below" label sits by its dashed line where the
+ESS line leaves room, else above the panel. A grid of steps wider than the window scrolls
+sideways in its own frame, under a line naming the steps in view and those either side.
 
 When a run records (`record=` of the three methods):
 
@@ -195,7 +197,15 @@ table.finals td, table.finals th { padding: 3px 8px; border-bottom: 1px solid #e
   vertical-align: top; text-align: left; }
 table.finals td.num { font-family: monospace; white-space: nowrap; text-align: right; }
 .final-text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; }
-#run { position: relative; margin-top: 0.5em; }
+#run-frame { position: relative; margin-top: 0.5em; }
+#run-scroll { overflow-x: auto; overflow-y: hidden; }
+#run { position: relative; }
+#run-hint { font-size: 12px; color: #333; background: #fff6e0; border: 1px solid #e8c070;
+  border-radius: 3px; padding: 2px 8px; margin: 6px 0 2px; display: inline-block; }
+#run-hint[hidden], #run-fade[hidden] { display: none; }
+#run-fade { position: absolute; top: 0; right: 0; bottom: 0; width: 56px;
+  pointer-events: none; background: linear-gradient(to right, rgba(255, 255, 255, 0),
+  rgba(255, 255, 255, 0.95)); }
 .step-label { position: absolute; top: 0; font-size: 12px; color: #555; white-space: nowrap; }
 .particle { position: absolute; box-sizing: border-box; border: 1px solid #99a;
   border-radius: 4px; padding: 2px 4px; font-size: 11px; overflow: hidden; background: #fff; }
@@ -288,6 +298,33 @@ _SCRIPT = r"""
   });
   document.getElementById('status').textContent =
     'rendered ' + steps.length + ' steps of ' + n + ' particles';
+  // A grid wider than the window scrolls sideways in its frame: say so above it, with the
+  // steps in view and those either side, and fade its right edge while more lies there.
+  const scroller = document.getElementById('run-scroll');
+  const hint = document.getElementById('run-hint');
+  const fade = document.getElementById('run-fade');
+  function name(t) { return steps[t].step; }
+  function range(a, b) {
+    return a === b ? 'step ' + name(a) : 'steps ' + name(a) + '\u2013' + name(b);
+  }
+  function showHint() {
+    const left = scroller.scrollLeft, width = scroller.clientWidth;
+    if (scroller.scrollWidth <= width + 1) { hint.hidden = true; fade.hidden = true; return; }
+    const first = Math.min(steps.length - 1, Math.max(0, Math.ceil(left / (W + GAP) - 0.01)));
+    const last = Math.max(first, Math.min(steps.length - 1,
+      Math.floor((left + width - W) / (W + GAP) + 0.01)));
+    const more = [];
+    if (first > 0) more.push('\u2190 for ' + range(0, first - 1));
+    if (last < steps.length - 1) more.push('\u2192 for ' + range(last + 1, steps.length - 1));
+    hint.textContent = steps.length + ' steps, wider than the window: ' + range(first, last) +
+      ' in view; scroll sideways ' + more.join(', ') +
+      ' (shift + wheel, or the bar under the grid)';
+    hint.hidden = false;
+    fade.hidden = left + width >= scroller.scrollWidth - 1;
+  }
+  scroller.addEventListener('scroll', showHint, { passive: true });
+  window.addEventListener('resize', showHint);
+  showHint();
 })();
 """
 
@@ -381,7 +418,7 @@ def _strip(posterior: Posterior, steps: list[dict[str, Any]]) -> str:
     ess = _series(posterior.ess, n_steps)
     log_z = _series(posterior.log_evidence_steps, n_steps)
     n = max([1, posterior.num_particles] + [len(s["texts"]) for s in steps])
-    width, left, right, panel, gap, top = 760, 64, 16, 90, 28, 12
+    width, left, right, panel, gap, top = 760, 64, 16, 90, 28, _STRIP_TOP
     plot_w = width - left - right
     height = top + 2 * panel + gap + 24
 
@@ -408,16 +445,22 @@ def _strip(posterior: Posterior, steps: list[dict[str, Any]]) -> str:
                 f"y2='{top + 2 * panel + gap}' stroke='#e80' stroke-width='1' "
                 f"stroke-opacity='0.7'><title>resampled after step {t}</title></line>"
             )
+    points = [(t, x_of(t), y_ess(v), v) for t, v in enumerate(ess) if v is not None]
     level = _resamples_below(posterior)
     if level is not None:
         y = _num(y_ess(level))
         out.append(
             f"<line class='threshold' x1='{left}' x2='{left + plot_w}' y1='{y}' y2='{y}' "
             "stroke='#666' stroke-dasharray='4 3'/>"
-            f"<text x='{left + plot_w - 2}' y='{_num(y_ess(level) - 3)}' "
-            f"text-anchor='end'>resample below {level:.3g}</text>"
         )
-    points = [(t, x_of(t), y_ess(v), v) for t, v in enumerate(ess) if v is not None]
+        out.append(
+            _threshold_label(
+                f"resample below {level:.3g}",
+                y_ess(level),
+                [(x, y) for _, x, y, _ in points],
+                (left, left + plot_w, y0, y1),
+            )
+        )
     out.append(_polyline("ess-line", "#36c", points, "ESS"))
     out.append(
         f"<text x='{left - 6}' y='{y0 + 10}' text-anchor='end'>{n:.4g}</text>"
@@ -452,6 +495,84 @@ def _strip(posterior: Posterior, steps: list[dict[str, Any]]) -> str:
         f"{n_steps - 1}</text></svg>"
     )
     return "<h2>ESS and evidence</h2>" + "".join(out)
+
+
+_STRIP_TOP = 20
+"""Room above the ESS panel: the threshold's label goes there when no place by the line is free."""
+_CHAR_W, _ASCENT, _DESCENT = 7.0, 11.0, 4.0
+"""A generous box of the strip's 11px text: width per character, and the extent above and
+below the baseline (measured in Chromium: about 6.3, 10.2 and 2.6)."""
+
+
+def _threshold_label(
+    text: str,
+    y_level: float,
+    line: list[tuple[float, float]],
+    panel: tuple[float, float, float, float],
+) -> str:
+    """The label of the resampling threshold, by its dashed line where the ESS line leaves
+    room: above it or below it, at the right end, the left end or in between (the first such
+    place free of the ESS line and its dots); failing all, in the margin above the panel, as a
+    small legend entry (a dashed stroke, then the text) that no line reaches."""
+    x0, x1, top, bottom = panel
+    width = _CHAR_W * len(text)
+    inset = 3.0
+    baselines = [y_level - 4, y_level + 3 + _ASCENT]  # above the line, below it
+    spots = [x1 - inset - width, x0 + inset]  # the right end, the left end, then in between
+    k = 8
+    spots += [x0 + inset + (x1 - x0 - 2 * inset - width) * i / k for i in range(k - 1, 0, -1)]
+    for bx in spots:
+        for base in baselines:
+            box = (bx, base - _ASCENT, bx + width, base + _DESCENT)
+            if box[1] < 0 or box[3] > bottom:
+                continue
+            if not _hits(box, line, pad=3.0):
+                return (
+                    f"<text class='threshold-label' x='{_num(bx)}' y='{_num(base)}' "
+                    f"{_HALO}>{_esc(text)}</text>"
+                )
+    base = top - 6  # clear of the panel and of ESS dots at N (radius 2)
+    swatch = 18
+    sx = x1 - width - swatch - 4
+    return (
+        f"<line class='threshold-key' x1='{_num(sx)}' x2='{_num(sx + swatch)}' "
+        f"y1='{_num(base - 4)}' y2='{_num(base - 4)}' stroke='#666' stroke-dasharray='4 3'/>"
+        f"<text class='threshold-label' x='{_num(x1 - width)}' y='{_num(base)}' {_HALO}>"
+        f"{_esc(text)}</text>"
+    )
+
+
+_HALO = "paint-order='stroke' stroke='#fff' stroke-width='3' stroke-linejoin='round'"
+"""A white edge around a label's letters, so that the resampling marks behind stay off them."""
+
+
+def _hits(
+    box: tuple[float, float, float, float], line: list[tuple[float, float]], pad: float
+) -> bool:
+    """Whether the polyline `line` (or a dot on it) comes within `pad` of `box`
+    (x0, y0, x1, y1)."""
+    bx0, by0, bx1, by1 = box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad
+    if len(line) == 1:
+        x, y = line[0]
+        return bx0 <= x <= bx1 and by0 <= y <= by1
+    for (ax, ay), (cx, cy) in zip(line, line[1:]):
+        # Liang-Barsky: clip the segment a->c to the box; it hits when something is left
+        lo, hi = 0.0, 1.0
+        dx, dy = cx - ax, cy - ay
+        for p, q in ((-dx, ax - bx0), (dx, bx1 - ax), (-dy, ay - by0), (dy, by1 - ay)):
+            if p == 0:
+                if q < 0:
+                    lo, hi = 1.0, 0.0
+                    break
+            else:
+                r = q / p
+                if p < 0:
+                    lo = max(lo, r)
+                else:
+                    hi = min(hi, r)
+        if lo <= hi:
+            return True
+    return False
 
 
 def _polyline(
@@ -530,7 +651,9 @@ def render(posterior: Posterior, title: str | None = None) -> str:
         f"{_finals(steps)}"
         "<h2>Particles, step by step</h2>"
         "<div id='status'>needs JavaScript to draw the particles</div>"
-        "<div id='run'></div>"
+        "<div id='run-hint' hidden></div>"
+        "<div id='run-frame'><div id='run-scroll'><div id='run'></div></div>"
+        "<div id='run-fade' hidden></div></div>"
         f"<script type='application/json' id='ppl-data'>{data}</script>"
         f"<script>{_SCRIPT}</script></body></html>\n"
     )

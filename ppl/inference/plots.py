@@ -2,14 +2,15 @@
 
 * SMC (`smc`, `smc_steer`): the ESS after each step's reweighting, with the number of particles,
   the resampling threshold (`ess_threshold` x N) and the resampling steps marked; below it, the
-  running estimate of log Z.
+  running estimate of log Z. The legend stands to the right of the ESS panel, off the data.
 * Importance sampling: a histogram of the normalised log weights, with N and the ESS in the
   title, and the normalised weights sorted from the heaviest, against the uniform 1/N.
 * MCMC (`mh`, `pimh`, `pgibbs`, `nuts`): a trace per chain of each numeric quantity (a numeric
   return value, then numeric named choices; for other values the log probability of the
   choices, or the length of a text), then the acceptance rate of each chain.
 
-Every panel has a title and labelled axes. matplotlib is optional: `pip install 'ppl-lm[plot]'`.
+Every panel has a title and labelled axes. matplotlib is optional: `pip install matplotlib`, or
+`pip install -e '.[plot]'` in a clone of ppl.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("Posterior.plot needs matplotlib: pip install 'ppl-lm[plot]'") from None
+        raise ImportError(
+            "Posterior.plot needs matplotlib: pip install matplotlib "
+            "(in a clone of ppl: pip install -e '.[plot]')"
+        ) from None
     return plt
 
 
@@ -60,7 +64,7 @@ def _particles(post: Posterior, plt: Any) -> Any:
     n = post.num_particles
     ess = np.asarray(post.ess, dtype=float)
     steps = np.arange(len(ess))
-    fig, (ax_ess, ax_z) = plt.subplots(2, 1, sharex=True, figsize=(7, 5.5))
+    fig, (ax_ess, ax_z) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5))
 
     ax_ess.plot(steps, ess, marker=".", color="tab:blue", label="ESS")
     ax_ess.axhline(n, color="grey", lw=0.8, ls=":", label=f"particles N = {n}")
@@ -88,7 +92,9 @@ def _particles(post: Posterior, plt: Any) -> Any:
     )
     ax_ess.set_ylabel("ESS (before resampling)")
     ax_ess.set_xlabel("step")
-    ax_ess.legend(loc="lower left", fontsize="small")
+    # beside the panel, not in it: any place inside covers the ESS of some run (ESS at N covers
+    # the top, a run that fell covers the bottom); `tight_layout` makes room for it
+    ax_ess.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
 
     z = np.asarray(post.log_evidence_steps, dtype=float)
     finite = np.isfinite(z)

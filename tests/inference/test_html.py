@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html as _html
 import json
 import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 import ppl
@@ -300,3 +303,144 @@ def test_screenshot_of_the_page_is_not_blank(tmp_path):
     assert colours is not None and len(colours) > 16
     # not one colour with specks: the most common (the background) covers less than 97%
     assert max(k for k, _ in colours) < 0.97 * 1200 * 1400
+
+
+# -- the strip's threshold label and the grid's scroll hint, measured in Chromium ----------------
+
+letters_lm = FunctionLM(["a", "b", "c", "<eos>"], lambda prefix: [1.0, 1.0, 1.0, 0.0], eos="<eos>")
+
+
+@program
+def letters(n, strength):
+    """`n` letters; each "a" weighs exp(strength): the larger, the lower the ESS."""
+    ctx = letters_lm.context("c")
+    for _ in range(n):
+        tok = sample(ctx.next_token())
+        ctx = ctx + tok
+        factor(strength * (tok.text == "a"))
+    return ctx.text
+
+
+# Appended to a page holding several strips: for each, the box of the "resample below" label as
+# drawn, and how many points of the ESS path (sampled every half pixel, its corners and its dots)
+# fall in it, widened by half the stroke (or the dot's radius).
+LABEL_CHECK = """<script>
+(function () {
+  const out = [];
+  document.querySelectorAll('svg.strip').forEach(function (svg) {
+    const label = Array.from(svg.querySelectorAll('text')).find(function (t) {
+      return t.textContent.startsWith('resample below');
+    });
+    const line = svg.querySelector('polyline.ess-line');
+    const b = label.getBBox();
+    function inside(x, y, r) {
+      return x + r >= b.x && x - r <= b.x + b.width && y + r >= b.y && y - r <= b.y + b.height;
+    }
+    let hits = 0;
+    const length = line.getTotalLength();
+    for (let s = 0; s <= length; s += 0.5) {
+      const p = line.getPointAtLength(s);
+      if (inside(p.x, p.y, 0.75)) hits++;
+    }
+    for (const p of line.points) if (inside(p.x, p.y, 0.75)) hits++;
+    svg.querySelectorAll('circle').forEach(function (c) {
+      if (c.getAttribute('fill') === '#36c' && inside(c.cx.baseVal.value, c.cy.baseVal.value,
+          c.r.baseVal.value)) hits++;
+    });
+    out.push({hits: hits, box: [b.x, b.y, b.width, b.height], text: label.textContent,
+      margin: !!svg.querySelector('.threshold-key'), width: +svg.getAttribute('width')});
+  });
+  const d = document.createElement('div');
+  d.id = 'label-check'; d.textContent = JSON.stringify(out);
+  document.body.appendChild(d);
+})();
+</script></body>"""
+
+
+def _strips(page: str) -> list[str]:
+    return re.findall(r"<svg class='strip'.*?</svg>", page, re.S)
+
+
+@needs_chromium
+def test_threshold_label_keeps_off_the_ess_line_in_chromium(tmp_path):
+    hover = ppl.smc(letters, 14, 0.9, particles=8, seed=3, ess_threshold=0.8)
+    level = 0.8 * 8
+    runs = {
+        "hovers at the threshold": hover,
+        "at the threshold exactly": dataclasses.replace(hover, ess=np.full(len(hover.ess), level)),
+        "crosses it at every step": dataclasses.replace(
+            hover, ess=np.where(np.arange(len(hover.ess)) % 2 == 0, 8.0, 2.0)
+        ),
+        "at N, threshold N": ppl.smc(letters, 12, 0.0, particles=8, seed=0, ess_threshold=1.0),
+        "falls to 1": ppl.smc(letters, 12, 6.0, particles=8, seed=0),
+        "41 steps": ppl.smc(letters, 41, 1.0, particles=6, seed=0),
+        "cities": RUNS["smc"](),
+    }
+    pages = [post.html() for post in runs.values()]
+    strips = [_strips(page)[0] for page in pages]
+    path = tmp_path / "strips.html"
+    page = pages[0].replace("</body>", "".join(strips[1:]) + LABEL_CHECK)
+    path.write_text(page, encoding="utf-8")
+    result = chromium(tmp_path, "--dump-dom", url=path.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<div id="label-check">([^<]*)</div>', result.stdout)
+    checks = json.loads(_html.unescape(found[1]))
+    assert len(checks) == len(runs)
+    for name, check in zip(runs, checks):
+        x, y, w, h = check["box"]
+        assert check["hits"] == 0, (name, check)
+        # inside the strip, and within the box the page reserved for it
+        assert 0 <= x and x + w <= check["width"] and 0 <= y, (name, check)
+        assert w <= html_view._CHAR_W * len(check["text"]), (name, check)
+        assert h <= html_view._ASCENT + html_view._DESCENT, (name, check)
+    # both ways are taken: by the threshold line where there is room, else in the margin
+    margin = {name for name, check in zip(runs, checks) if check["margin"]}
+    assert "at the threshold exactly" in margin and "at N, threshold N" in margin
+    assert "falls to 1" not in margin and "41 steps" not in margin
+
+
+# Appended to a page: whether the scroll hint above the particle grid is shown, and its text.
+HINT_CHECK = """<script>
+(function () {
+  const hint = document.getElementById('run-hint');
+  const scroller = document.getElementById('run-scroll');
+  const r = hint.getBoundingClientRect();
+  const d = document.createElement('div');
+  d.id = 'hint-check';
+  d.textContent = JSON.stringify({
+    shown: !hint.hidden && getComputedStyle(hint).display !== 'none' && r.width > 0 &&
+      r.height > 0,
+    fade: !document.getElementById('run-fade').hidden,
+    text: hint.textContent,
+    overflows: scroller.scrollWidth > scroller.clientWidth,
+    page_scrolls: document.documentElement.scrollWidth > window.innerWidth,
+  });
+  document.body.appendChild(d);
+})();
+</script></body>"""
+
+
+@needs_chromium
+def test_a_grid_wider_than_the_window_says_to_scroll_sideways_in_chromium(tmp_path):
+    long = ppl.smc(letters, 41, 1.0, particles=4, seed=0)
+    short = ppl.smc(letters, 2, 1.0, particles=4, seed=0)
+    assert len(long.history) == 42 and len(short.history) == 3
+
+    def check(post, window):
+        path = tmp_path / "run.html"
+        path.write_text(post.html().replace("</body>", HINT_CHECK), encoding="utf-8")
+        result = chromium(tmp_path, "--dump-dom", f"--window-size={window}", url=path.as_uri())
+        assert result.returncode == 0, result.stderr[-2000:]
+        found = re.search(r'<div id="hint-check">([^<]*)</div>', result.stdout)
+        return json.loads(_html.unescape(found[1]))
+
+    wide = check(long, "1200,900")
+    assert wide["overflows"] and wide["shown"] and wide["fade"], wide
+    assert wide["text"].startswith("42 steps, wider than the window: steps 0\u20134 in view")
+    assert "\u2192 for steps 5\u201341" in wide["text"], wide
+    assert not wide["page_scrolls"], wide  # the grid scrolls in its frame, not the whole page
+    fits = check(short, "1200,900")
+    assert not fits["overflows"] and not fits["shown"] and not fits["fade"], fits
+    narrow = check(short, "500,900")  # the same grid, a narrow window: it overflows now
+    assert narrow["overflows"] and narrow["shown"], narrow
+    assert "\u2192 for step" in narrow["text"], narrow

@@ -8,7 +8,8 @@ import numpyro.distributions as nd
 import pytest
 
 import ppl
-from ppl import observe, program, sample
+from ppl import factor, observe, program, sample
+from ppl.models import FunctionLM
 from tests.inference.toy import no_double_a, rated_text
 
 matplotlib.use("Agg")
@@ -21,6 +22,20 @@ def gaussian(y):
     x = sample("x", nd.Normal(0.0, 1.0))
     observe(nd.Normal(x, 1.0), y)
     return x
+
+
+letters_lm = FunctionLM(["a", "b", "c", "<eos>"], lambda prefix: [1.0, 1.0, 1.0, 0.0], eos="<eos>")
+
+
+@program
+def letters(n, strength):
+    """`n` letters; each "a" weighs exp(strength): ESS stays at N for 0, falls to 1 for 6."""
+    ctx = letters_lm.context("c")
+    for _ in range(n):
+        tok = sample(ctx.next_token())
+        ctx = ctx + tok
+        factor(strength * (tok.text == "a"))
+    return ctx.text
 
 
 RUNS = {
@@ -79,6 +94,58 @@ def test_smc_without_resampling_has_no_threshold_line(figure):
     post = ppl.smc(no_double_a, particles=8, seed=0, ess_threshold=0.0)
     ax = figure(post).axes[0]
     assert not any("threshold" in line.get_label() for line in ax.get_lines())
+
+
+# Runs of several shapes: the legend must stay off the ESS of every one of them
+SHAPES = {
+    "ESS at N throughout": lambda: ppl.smc(letters, 12, 0.0, particles=8, seed=0),
+    "ESS at N, threshold N": lambda: ppl.smc(
+        letters, 12, 0.0, particles=8, seed=0, ess_threshold=1.0
+    ),
+    "ESS falls to 1, resampled": lambda: ppl.smc(letters, 12, 6.0, particles=8, seed=0),
+    "60 steps": lambda: ppl.smc(letters, 60, 1.0, particles=16, seed=0),
+    "2 steps": lambda: ppl.smc(letters, 2, 1.5, particles=8, seed=0),
+    "smc_steer": lambda: ppl.smc_steer(no_double_a, particles=4, seed=0),
+}
+
+
+def _points_on(line, step_px=2.0):
+    """Display coordinates of a line's points and, when drawn joined, of its segments every
+    `step_px` pixels."""
+    xy = line.get_transform().transform(line.get_xydata())
+    if line.get_linestyle() in ("None", "none", "", " ") or len(xy) < 2:
+        return xy
+    out = [xy[:1]]
+    for a, b in zip(xy[:-1], xy[1:]):
+        k = max(1, int(np.hypot(*(b - a)) / step_px))
+        out.append(a + (b - a) * np.linspace(0, 1, k + 1)[1:, None])
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_smc_legend_covers_no_data(shape, figure, tmp_path):
+    post = SHAPES[shape]()
+    fig = figure(post, str(tmp_path / "run.png"))  # saved: drawn with its final layout
+    legend = fig.axes[0].get_legend()
+    box = legend.get_window_extent()
+    # whole, inside the saved figure
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+    assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, (box, fig.bbox)
+    # no point of any line, the ESS above all (nor of any segment between them) under it
+    ess_line = next(line for line in fig.axes[0].get_lines() if line.get_label() == "ESS")
+    assert len(ess_line.get_xydata()) == len(post.ess)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            xy = _points_on(line)
+            inside = (
+                (xy[:, 0] >= box.x0 - 2)
+                & (xy[:, 0] <= box.x1 + 2)
+                & (xy[:, 1] >= box.y0 - 2)
+                & (xy[:, 1] <= box.y1 + 2)
+            )
+            assert not inside.any(), (shape, line.get_label(), xy[inside][:3], box)
+        # nor the panels themselves: the legend stands beside them
+        assert not box.overlaps(ax.get_window_extent()), (shape, ax.get_title())
 
 
 def test_importance_is_a_histogram_of_normalised_weights(figure):
@@ -148,5 +215,5 @@ def test_saving_writes_a_png(tmp_path, figure):
 def test_without_matplotlib_the_error_says_what_to_install(monkeypatch):
     post = RUNS["smc"]()
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"pip install 'ppl-lm\[plot\]'"):
+    with pytest.raises(ImportError, match=r"pip install matplotlib .*pip install -e '\.\[plot\]'"):
         post.plot()
