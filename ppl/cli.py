@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as e:
             if args.cluster is None or "ray" not in str(e).lower():
                 raise RunError(e) from e
-            raise UsageError(f"{e} (--cluster needs Ray: pip install 'ppl-lm[ray]')") from None
+            hint = "pip install ray, or pip install -e '.[ray]' in a clone of ppl"
+            raise UsageError(f"{e} (--cluster needs Ray: {hint})") from None
         except Exception as e:
             raise RunError(e) from e
 
@@ -495,6 +496,71 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ppl serve ----------------------------------------------------------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """`ppl serve`: the model (and the named programs) behind an OpenAI-compatible endpoint."""
+    import logging
+    import os
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "ppl serve needs FastAPI and uvicorn: pip install fastapi uvicorn "
+            "prometheus-client, or pip install -e '.[serve]' in a clone of ppl"
+        ) from None
+    from ppl.models.spec import ModelSpec
+    from ppl.serve import serve as run_server
+
+    api_key = args.api_key or os.environ.get("PPL_API_KEY") or None
+    if args.host not in LOOPBACK and api_key is None:
+        raise UsageError(
+            f"--host {args.host} is reachable from other machines: give --api-key KEY (or set "
+            "PPL_API_KEY), which clients then send as 'Authorization: Bearer KEY'"
+        )
+    try:
+        spec = ModelSpec.parse(args.model)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    programs: dict[str, Program] = {}
+    for target in args.program or []:
+        _, found = load_program(target)
+        name = target.rpartition(":")[2]
+        if name in programs:
+            raise UsageError(f"--program {target}: a program named {name!r} is already served")
+        programs[name] = found
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(f"ppl serve: loading the model {spec} ...", file=sys.stderr, flush=True)
+    try:
+        lm = spec.build()
+    except Exception as e:
+        raise RunError(e) from e
+
+    def ready(url: str) -> None:
+        listed = f"; programs: {', '.join(programs)}" if programs else ""
+        print(f"ppl serve: ready at {url}/v1 (model {args.model}{listed})", flush=True)
+
+    run_server(
+        lm,
+        args.model,
+        programs=programs,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_running=args.max_running,
+        max_queue=args.max_queue,
+        rows=args.rows,
+        timeout=args.timeout,
+        ready=ready,
+    )
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -608,6 +674,61 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-tokens", type=_count, metavar="N", help="default: 40")
     d.add_argument("--seed", type=_seed, metavar="S", help="default: 0")
     d.set_defaults(handler=demo, command="demo")
+
+    s = commands.add_parser(
+        "serve",
+        help="serve the model and programs behind an OpenAI-compatible endpoint",
+        description="Serve exact constrained generation (and --program endpoints) over HTTP, "
+        "for any OpenAI client: POST /v1/chat/completions, /v1/completions, "
+        "/v1/programs/NAME; GET /v1/models, /v1/programs, /health. See docs/serving.md.",
+    )
+    s.add_argument(
+        "--model",
+        default="embedded",
+        metavar="embedded|hf:NAME",
+        help="the model to serve (default: embedded)",
+    )
+    s.add_argument(
+        "--program",
+        action="append",
+        metavar="FILE.py:PROGRAM",
+        help="serve this program at POST /v1/programs/PROGRAM (repeatable)",
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1; any other needs --api-key)",
+    )
+    s.add_argument("--port", type=int, default=8000, help="default: 8000")
+    s.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (default: $PPL_API_KEY)",
+    )
+    s.add_argument(
+        "--max-running",
+        type=_count,
+        default=16,
+        metavar="N",
+        help="requests run at once, sharing each forward pass (default: 16)",
+    )
+    s.add_argument(
+        "--max-queue",
+        type=_seed,
+        default=64,
+        metavar="N",
+        help="requests waiting beyond those; past it, 429 (default: 64)",
+    )
+    s.add_argument(
+        "--rows", type=_count, metavar="N", help="most rows in one forward pass (default: no limit)"
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a run taking longer ends with 504 (default: none)",
+    )
+    s.set_defaults(handler=serve, command="serve")
     return parser
 
 

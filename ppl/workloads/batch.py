@@ -84,12 +84,19 @@ class SharedSteps:
         self.forward_calls = 0  # shared calls made (or tried), all runs together
         self.tokens_fed = 0
         self._last_rows = 0  # rows of the last call tried
+        self._cancelled: dict[Any, BaseException] = {}  # key -> what ends its run
+        self.running = 0  # runs in flight
 
-    def run(self, jobs: Iterable[tuple[Any, Callable[[], Any]]]) -> Iterator[tuple[Any, Outcome]]:
+    def run(
+        self, jobs: Iterable[tuple[Any, Callable[[], Any]] | None]
+    ) -> Iterator[tuple[Any, Outcome]]:
         """Run `(key, job)` pairs; yield `(key, Outcome)` as each job finishes.
 
         A job that raises an `Exception` yields it in its `Outcome`; the others go on. Other
-        exceptions (KeyboardInterrupt, ...) stop everything.
+        exceptions (KeyboardInterrupt, ...) stop everything. `jobs` may yield None for "no job
+        to start now" (a server whose queue is empty): the runs in flight take their next step,
+        and `jobs` is asked again; with none in flight it is asked again at once (it should
+        then wait for a job). A run `cancel`led is ended at its next step with that error.
         """
         hub = greenlet.getcurrent()
         pending = iter(jobs)
@@ -108,10 +115,13 @@ class SharedSteps:
         while True:
             while not exhausted and len(keys) < self.in_flight:
                 try:
-                    key, job = next(pending)
+                    pulled = next(pending)
                 except StopIteration:
                     exhausted = True
                     break
+                if pulled is None:  # nothing to start now
+                    break
+                key, job = pulled
                 run = greenlet(_job_body(job, hub), parent=hub)
                 # its own copy of the context it starts from (as an asyncio task has): the
                 # language's run state (`ppl.runtime`) and SHARED_CALLS are context-local, so
@@ -119,17 +129,32 @@ class SharedSteps:
                 run.gr_context = contextvars.copy_context()
                 keys[run] = key
                 settle(run, run.switch())
+            self.running = len(keys)
             yield from finished
             finished.clear()
             if not keys:
-                return
+                if exhausted:
+                    return
+                continue
             served, requests = requests, []
+            if self._cancelled:  # ended before their rows are fed
+                ending = [r for r in served if keys[r.run] in self._cancelled]
+                served = [r for r in served if keys[r.run] not in self._cancelled]
+                for request in ending:
+                    settle(request.run, request.run.throw(self._cancelled.pop(keys[request.run])))
+                self._cancelled = {k: e for k, e in self._cancelled.items() if k in keys.values()}
             for request, result in zip(served, self._serve(served)):
                 if isinstance(result, BaseException):
                     out = request.run.throw(result)
                 else:
                     out = request.run.switch(result)
                 settle(request.run, out)
+
+    def cancel(self, key: Any, error: BaseException) -> None:
+        """End the run of `key` at its next step: `error` is raised where it waits for the model
+        (a `Cancelled` ends it whatever the program catches). Call from the thread running
+        `run`, between its steps (e.g. in the `jobs` iterator)."""
+        self._cancelled[key] = error
 
     def _serve(self, requests: list[_Request]) -> list[Fed | BaseException]:
         """Feed every request's contexts, one shared call per model; the cost of each request.
@@ -211,6 +236,13 @@ class SharedSteps:
             self.tokens_fed += n
 
 
+class Cancelled(BaseException):
+    """Ends a run from outside (`SharedSteps.cancel`): its client went away, or its time is up.
+
+    A BaseException, so that a program's own `except Exception` does not swallow it.
+    """
+
+
 class SharedPassOutOfMemory(MemoryError):
     """A shared forward pass ran out of memory: the batch was too big for the device.
 
@@ -246,7 +278,7 @@ def _job_body(job: Callable[[], Any], hub: greenlet) -> Callable[[], Outcome]:
         SHARED_CALLS.set(_suspend(hub))  # this greenlet's own context: only its calls go to hub
         try:
             return Outcome(value=job())
-        except Exception as e:
+        except (Exception, Cancelled) as e:
             return Outcome(error=e, traceback=traceback.format_exc())
 
     return body

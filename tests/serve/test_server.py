@@ -1,0 +1,361 @@
+"""`ppl serve` through the official `openai` client, against a server in a subprocess (loopback).
+
+The server runs a toy character model (tests/serve/toyserver.py), so each request takes
+milliseconds and the tests check the behaviour, not the model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("fastapi")
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"enum": [1, 22, 333]}, "b": {"type": "boolean"}},
+    "required": ["a", "b"],
+    "additionalProperties": False,
+}
+HI = [{"role": "user", "content": "hi"}]
+
+
+class Reply:
+    """What a plain HTTP call got back: status, headers and the JSON body."""
+
+    def __init__(self, status: int, headers: dict, body: bytes) -> None:
+        self.status_code = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def call(url: str, body: dict | None = None, timeout: float = 60) -> Reply:
+    """GET `url`, or POST `body` to it as JSON, with the standard library alone."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return Reply(r.status, dict(r.headers), r.read())
+    except urllib.error.HTTPError as e:
+        return Reply(e.code, dict(e.headers), e.read())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A toy server in a subprocess: started, waited for, stopped."""
+
+    def __init__(self, *options: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.serve.toyserver", str(self.port), *options],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 90
+        line = self.proc.stdout.readline()
+        while "ready" not in line:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not start: {self.proc.stderr.read()[-2000:]}")
+            line = self.proc.stdout.readline()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs):
+        settings = {"api_key": "none", "max_retries": 0, "timeout": 60, **kwargs}
+        return openai.OpenAI(base_url=f"{self.url}/v1", **settings)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return err
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+def test_models_lists_the_served_model(server):
+    assert [m.id for m in server.client().models.list()] == ["toy"]
+
+
+def test_json_schema_answers_are_valid_and_carry_the_evidence(server):
+    out = server.client().chat.completions.create(
+        model="toy",
+        messages=HI,
+        max_tokens=24,
+        n=4,
+        seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "ab", "schema": SCHEMA}},
+    )
+    assert len(out.choices) == 4
+    for choice in out.choices:
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+        assert choice.finish_reason == "stop"
+    extra = out.model_extra["ppl"]
+    assert extra["log_evidence"] < 0 and extra["constraint"] == "json"
+    assert extra["particles"] == 8 and len(extra["weights"]) == 4
+    assert extra["tokens_fed"] > 0 and extra["forward_passes"] > 0
+    assert out.usage.prompt_tokens > 0
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+
+
+@pytest.mark.parametrize(
+    "outputs,check",
+    [
+        ({"regex": "[a-c]{3}x"}, lambda t: len(t) == 4 and t[:3] in {a + b + c for a in "abc"
+                                                                   for b in "abc" for c in "abc"}
+         and t[3] == "x"),
+        ({"grammar": 'start: "yes" | "no" | "maybe"'}, lambda t: t in ("yes", "no", "maybe")),
+        ({"choice": ["red", "green", "blue"]}, lambda t: t in ("red", "green", "blue")),
+        ({"json": SCHEMA}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
+    ],
+)  # fmt: skip
+def test_structured_outputs_constrain_the_answer(server, outputs, check):
+    out = server.client().chat.completions.create(
+        model="toy", messages=HI, max_tokens=40, n=3, seed=1,
+        extra_body={"structured_outputs": outputs},
+    )  # fmt: skip
+    for choice in out.choices:
+        assert check(choice.message.content), choice.message.content
+
+
+def test_the_same_seed_gives_the_same_answer(server):
+    client = server.client()
+    ask = dict(model="toy", messages=HI, max_tokens=12, n=2, extra_body={"ppl": {"seed": 7}})
+    first = [c.message.content for c in client.chat.completions.create(**ask).choices]
+    again = [c.message.content for c in client.chat.completions.create(**ask).choices]
+    assert first == again
+
+
+def test_completions_and_the_run_options(server):
+    out = server.client().completions.create(
+        model="toy", prompt="ab", max_tokens=6, seed=2, stop=["z"],
+        extra_body={"ppl": {"particles": 4, "method": "importance"}},
+    )  # fmt: skip
+    assert out.object == "text_completion" and "z" not in out.choices[0].text
+    assert out.model_extra["ppl"]["particles"] == 4
+    assert out.model_extra["ppl"]["method"] == "importance"
+
+
+def test_streaming_gives_the_answer_of_the_same_request_unstreamed(server):
+    client = server.client()
+    ask = dict(model="toy", messages=HI, max_tokens=10, seed=5,
+               extra_body={"structured_outputs": {"regex": "[ab]+"}})  # fmt: skip
+    whole = client.chat.completions.create(**ask).choices[0].message.content
+    stream = client.chat.completions.create(
+        **ask, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "ask,param,message",
+    [
+        ({"top_p": 0.5}, "top_p", "top_p is not supported"),
+        ({"extra_body": {"guided_json": {}}}, "guided_json", "unknown field 'guided_json'"),
+        ({"response_format": {"type": "json_object"},
+          "extra_body": {"structured_outputs": {"regex": "a"}}},
+         "structured_outputs.regex", "two constraints given"),
+        ({"extra_body": {"structured_outputs": {"json": {"type": "nonsense"}}}},
+         "structured_outputs.json", "structured_outputs.json"),
+        ({"temperature": 0.5}, "temperature", "only temperature 1"),
+        ({"extra_body": {"ppl": {"particle": 4}}}, "ppl.particle", "unknown field ppl.particle"),
+        ({"n": 0}, "n", "n must be a whole number"),
+    ],
+)  # fmt: skip
+def test_what_the_server_does_not_do_is_a_400_naming_the_field(server, ask, param, message):
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client().chat.completions.create(model="toy", messages=HI, max_tokens=4, **ask)
+    error = caught.value.body
+    assert error["param"] == param and message in error["message"], error
+
+
+def test_no_valid_answer_is_a_422_with_the_reason(server):
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        server.client().chat.completions.create(
+            model="toy", messages=HI, max_tokens=3,
+            extra_body={"structured_outputs": {"regex": "[a-z]{20}"}},  # 3 tokens hold 15 at most
+        )  # fmt: skip
+    assert "no particle satisfied the constraint" in caught.value.body["message"]
+
+
+def test_another_model_name_is_a_404(server):
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        server.client().chat.completions.create(model="gpt-4o", messages=HI)
+
+
+def test_programs_are_listed_and_run(server):
+    listed = call(f"{server.url}/v1/programs").json()["data"]
+    assert [p["id"] for p in listed] == ["coin", "echo"]
+    assert listed[0]["parameters"][0] == {"name": "flips", "kind": "positional_or_keyword",
+                                          "default": 3, "annotation": "int"}  # fmt: skip
+    body = {"kwargs": {"flips": 2}, "particles": 16, "seed": 0}
+    post = call(f"{server.url}/v1/programs/coin", body).json()
+    assert post.get("format") == "ppl.posterior" and len(post["values"]) == 16, post
+    again = call(f"{server.url}/v1/programs/coin", body).json()
+    assert again["values"] == post["values"]
+    echoed = call(f"{server.url}/v1/programs/echo", {"args": ["abc"], "particles": 2}).json()
+    assert echoed.get("values") == [4, 4], echoed  # <s> a b c
+    wrong = call(f"{server.url}/v1/programs/coin", {"args": [1, 2]})
+    assert wrong.status_code == 400 and "do not fit coin()" in wrong.json()["error"]["message"]
+    missing = call(f"{server.url}/v1/programs/nope", {})
+    assert missing.status_code == 404
+
+
+def test_a_full_queue_is_a_429_with_retry_after():
+    s = Server("--max-running", "1", "--max-queue", "0", "--delay", "0.05")
+    try:
+        ask = {"model": "toy", "messages": HI, "max_tokens": 30}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: call(f"{s.url}/v1/chat/completions", ask), range(4)))
+        codes = sorted(r.status_code for r in replies)
+        assert codes[0] == 200 and 429 in codes, codes
+        busy = next(r for r in replies if r.status_code == 429)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "busy"
+    finally:
+        s.stop()
+
+
+def test_a_run_past_the_timeout_is_a_504():
+    s = Server("--timeout", "0.3", "--delay", "0.05")
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            s.client().chat.completions.create(model="toy", messages=HI, max_tokens=100)
+        assert caught.value.status_code == 504
+        assert "timeout of 0.3 s" in caught.value.body["message"]
+        # the server goes on
+        assert s.client().chat.completions.create(model="toy", messages=HI, max_tokens=2)
+    finally:
+        s.stop()
+
+
+def test_an_api_key_is_required_when_given():
+    s = Server("--api-key", "sesame")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+        assert [m.id for m in s.client(api_key="sesame").models.list()] == ["toy"]
+        assert call(f"{s.url}/health").json()["status"] == "ok"
+    finally:
+        s.stop()
+
+
+@pytest.mark.slow
+def test_ppl_serve_on_the_embedded_model_answers_the_openai_client(tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ppl.cli", "serve", "--port", str(port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # printed once the socket listens
+        assert f"ready at http://127.0.0.1:{port}/v1" in line, log.read_text()[-2000:]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                               max_retries=0, timeout=300)  # fmt: skip
+        schema = {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 12},
+                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+            "required": ["name", "age"],
+            "additionalProperties": False,
+        }  # fmt: skip
+        out = client.chat.completions.create(
+            model="embedded",
+            messages=[{"role": "user", "content": "Invent a person. Answer in JSON."}],
+            max_tokens=48, n=2, seed=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+            extra_body={"ppl": {"particles": 4}},
+        )  # fmt: skip
+        for choice in out.choices:
+            jsonschema.validate(json.loads(choice.message.content), schema)
+        assert out.model_extra["ppl"]["log_evidence"] < 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    logged = log.read_text()
+    assert "POST /v1/chat/completions 200" in logged, logged[-2000:]
+
+
+def test_a_client_that_goes_away_cancels_its_run():
+    s = Server("--delay", "0.02")
+    try:
+        client = s.client(timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):  # 400 tokens x 20 ms: 8 s of work
+            client.chat.completions.create(model="toy", messages=HI, max_tokens=400,
+                                           extra_body={"ppl": {"particles": 2}})  # fmt: skip
+        deadline = time.monotonic() + 5
+        while call(f"{s.url}/health").json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call(f"{s.url}/health").json() == {"status": "ok", "running": 0, "queued": 0}
+    finally:
+        s.stop()
+
+
+def test_sigterm_drains_the_running_requests_then_exits_0():
+    s = Server("--delay", "0.01")
+    try:
+        long = {
+            "messages": HI,
+            "max_tokens": 90,
+            "ppl": {"particles": 2},
+            "structured_outputs": {"regex": "[a-z]{80}"},
+        }  # 80 steps of 10 ms or more
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(call, f"{s.url}/v1/chat/completions", long)
+            deadline = time.monotonic() + 10
+            while not call(f"{s.url}/health").json()["running"]:
+                assert time.monotonic() < deadline, "the request never ran"
+                time.sleep(0.02)
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            refused = call(f"{s.url}/v1/chat/completions", {"messages": HI, "max_tokens": 2})
+            assert refused.status_code == 503, refused.body
+            assert refused.json()["error"]["code"] == "shutting_down"
+            finished = running.result(timeout=60)
+        assert finished.status_code == 200 and len(
+            finished.json()["choices"][0]["message"]["content"]) == 80  # fmt: skip
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        s.stop()
