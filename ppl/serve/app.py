@@ -52,9 +52,20 @@ def create_app(
     body_limit: int = BODY_LIMIT,
 ) -> Any:
     """The FastAPI application serving `lm` (as `model_name`) and `programs` on `engine`."""
+    from ppl.serve.metrics import CONTENT_TYPE, Metrics
+
     app = FastAPI(title="ppl serve", docs_url=None, redoc_url=None, openapi_url=None)
     programs = dict(programs or {})
-    counter = iter(range(1, 1 << 62))
+    metrics = Metrics(engine)
+    routes = {
+        "/health",
+        "/metrics",
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/programs",
+        *(f"/v1/programs/{name}" for name in programs),
+    }
 
     def error_response(e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -88,31 +99,19 @@ def create_app(
             )
         )
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        number = next(counter)
-        start = time.perf_counter()
-        request.state.number = number
-        request.state.detail = ""
-        if api_key is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                response = error_response(
-                    APIError(
-                        401,
-                        "a valid API key is needed: Authorization: Bearer KEY",
-                        code="invalid_api_key",
-                    )
-                )
-                _log_line(number, request, response.status_code, start, "")
-                return response
-        response = await call_next(request)
-        _log_line(number, request, response.status_code, start, request.state.detail)
-        return response
+    app.add_middleware(
+        _Guard, api_key=api_key, metrics=metrics, routes=routes, error_response=error_response
+    )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "running": engine.running, "queued": engine.queued}
+
+    @app.get("/metrics")
+    async def scrape() -> Any:
+        from fastapi.responses import Response
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -170,11 +169,61 @@ def create_app(
     return app
 
 
-def _log_line(number: int, request: Any, status: int, start: float, detail: str) -> None:
-    ms = (time.perf_counter() - start) * 1000
-    log.info(
-        "#%d %s %s %d %.0f ms %s", number, request.method, request.url.path, status, ms, detail
-    )
+class _Guard:
+    """Around every request (plain ASGI, so that a handler still sees its client go away):
+    the API key, the log line (number, method, path, status, ms, run) and the metrics."""
+
+    def __init__(
+        self, app: Any, *, api_key: str | None, metrics: Any, routes: set[str], error_response: Any
+    ) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.metrics = metrics
+        self.routes = routes
+        self.error_response = error_response
+        self.counter = iter(range(1, 1 << 62))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        number = next(self.counter)
+        start = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in self.routes else "other"  # a label per route, not per URL
+        state = scope.setdefault("state", {})
+        state["detail"] = ""
+        status = [500]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path != "/health":
+                given = dict(scope["headers"]).get(b"authorization", b"")
+                if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                    error = APIError(
+                        401,
+                        "a valid API key is needed: Authorization: Bearer KEY",
+                        code="invalid_api_key",
+                    )
+                    await self.error_response(error)(scope, receive, sending)
+                    return
+            await self.app(scope, receive, sending)
+        finally:
+            ms = (time.perf_counter() - start) * 1000
+            log.info(
+                "#%d %s %s %d %.0f ms %s",
+                number,
+                scope["method"],
+                path,
+                status[0],
+                ms,
+                state.get("detail", ""),
+            )
+            self.metrics.observe(endpoint, status[0], ms / 1000)
 
 
 def _submit(engine: Engine, job: Any) -> Any:

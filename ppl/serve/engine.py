@@ -102,6 +102,8 @@ class Engine:
         self._closed = False
         self.completed = 0
         self.cancelled = 0
+        #: runs ended from outside, by reason: "client_gone", "timeout"
+        self.cancelled_by = {"client_gone": 0, "timeout": 0}
         self._thread = threading.Thread(target=self._loop, name="ppl-engine", daemon=True)
         self._thread.start()
 
@@ -154,11 +156,16 @@ class Engine:
         with self._lock:
             if ticket in self._queue:  # not started: it ends now
                 self._queue.remove(ticket)
-                self.cancelled += 1
+                self._count_cancel(error)
                 ticket.future.set_exception(error)
                 self._lock.notify_all()
             else:
                 self._cancels.append((ticket, error))
+
+    def _count_cancel(self, error: BaseException) -> None:
+        self.cancelled += 1
+        reason = "timeout" if isinstance(error, DeadlineExceeded) else "client_gone"
+        self.cancelled_by[reason] += 1
 
     # -- the engine's thread ---------------------------------------------------------------
 
@@ -169,7 +176,7 @@ class Engine:
                 self._lock.notify_all()
             if outcome.error is not None:
                 if isinstance(outcome.error, Cancelled):
-                    self.cancelled += 1
+                    self._count_cancel(outcome.error)
                 ticket.future.set_exception(outcome.error)
             else:
                 self.completed += 1
@@ -202,8 +209,9 @@ class Engine:
         now = time.monotonic()
         for ticket in [t for t in self._queue if t.deadline is not None and t.deadline <= now]:
             self._queue.remove(ticket)
-            self.cancelled += 1
-            ticket.future.set_exception(DeadlineExceeded(_late(self.timeout)))
+            error = DeadlineExceeded(_late(self.timeout))
+            self._count_cancel(error)
+            ticket.future.set_exception(error)
         for ticket in self._running.values():
             if ticket.deadline is not None and ticket.deadline <= now:
                 self.steps.cancel(ticket.key, DeadlineExceeded(_late(self.timeout)))

@@ -85,6 +85,8 @@ class SharedSteps:
         self.tokens_fed = 0
         self._last_rows = 0  # rows of the last call tried
         self._cancelled: dict[Any, BaseException] = {}  # key -> what ends its run
+        #: called with (rows, tokens) after each forward pass is charged (a server's metrics)
+        self.on_pass: Callable[[int, int], None] | None = None
         self.running = 0  # runs in flight
 
     def run(
@@ -230,10 +232,14 @@ class SharedSteps:
         self.forward_calls += 1
         for i in set().union(*(users[k] for k in chunk)):
             cost[i][0] += 1
+        fed = 0
         for k in chunk:
             n = len(k[1])
             cost[owner[k]][1] += n
-            self.tokens_fed += n
+            fed += n
+        self.tokens_fed += fed
+        if self.on_pass is not None:
+            self.on_pass(len(chunk), fed)
 
 
 class Cancelled(BaseException):

@@ -322,15 +322,37 @@ def test_a_client_that_goes_away_cancels_its_run():
     s = Server("--delay", "0.02")
     try:
         client = s.client(timeout=0.5)
-        with pytest.raises(openai.APITimeoutError):  # 400 tokens x 20 ms: 8 s of work
+        long = {"ppl": {"particles": 2}, "structured_outputs": {"regex": "[a-z]{300}"}}
+        with pytest.raises(openai.APITimeoutError):  # 300 steps of 20 ms: 6 s of work
             client.chat.completions.create(model="toy", messages=HI, max_tokens=400,
-                                           extra_body={"ppl": {"particles": 2}})  # fmt: skip
+                                           extra_body=long)  # fmt: skip
         deadline = time.monotonic() + 5
         while call(f"{s.url}/health").json()["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert call(f"{s.url}/health").json() == {"status": "ok", "running": 0, "queued": 0}
+        scraped = call(f"{s.url}/metrics").body.decode()
+        assert 'ppl_runs_cancelled_total{reason="client_gone"} 1.0' in scraped
+        assert "ppl_runs_in_flight 0.0" in scraped
     finally:
         s.stop()
+
+
+def test_metrics_count_requests_passes_and_rows(server):
+    client = server.client()
+    client.chat.completions.create(model="toy", messages=HI, max_tokens=4)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="toy", messages=HI, top_p=0.1)
+    call(f"{server.url}/no/such/page")
+    scraped = call(f"{server.url}/metrics").body.decode()
+    lines = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line[:1] != "#")
+    assert float(lines['ppl_requests_total{endpoint="/v1/chat/completions",status="200"}']) >= 1
+    assert float(lines['ppl_requests_total{endpoint="/v1/chat/completions",status="400"}']) >= 1
+    assert float(lines['ppl_requests_total{endpoint="other",status="404"}']) >= 1
+    assert float(lines["ppl_tokens_fed_total"]) > 0 and float(lines["ppl_forward_passes_total"]) > 0
+    passes = float(lines["ppl_rows_per_pass_count"])
+    assert passes == float(lines["ppl_forward_passes_total"])
+    assert float(lines["ppl_queue_depth"]) == 0
+    assert 'ppl_request_seconds_bucket{endpoint="/v1/chat/completions",le="+Inf"}' in lines
 
 
 def test_sigterm_drains_the_running_requests_then_exits_0():
