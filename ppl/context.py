@@ -349,6 +349,31 @@ def draw_rows(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Te
     return (block * size + j)[:, 0].clamp_(max=vocab - 1), total[:, 0]
 
 
+def _token_id(lm: Any, value: Any) -> int | None:
+    """The id of `value` if it is a token of `lm` (a `Token` with the bytes `lm` gives its id,
+    or an int id in the vocabulary, a NumPy integer or 0-d integer array too); else None."""
+    if isinstance(value, Token):
+        token_id = value.id
+        if 0 <= token_id < lm.vocab_size and lm.token_bytes[token_id] == value.bytes:
+            return token_id
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        token_id = int(value)
+    elif hasattr(value, "__array__"):  # a 0-d integer array or tensor
+        try:
+            a = np.asarray(value)
+        except Exception:
+            return None
+        if a.ndim != 0 or a.dtype.kind not in "iu":
+            return None
+        token_id = int(a)
+    else:
+        return None
+    return token_id if 0 <= token_id < lm.vocab_size else None
+
+
 class NextToken:
     """The distribution of the token following `context` under its language model.
 
@@ -362,7 +387,39 @@ class NextToken:
         self.context = context
 
     def log_prob(self, value: Token | int) -> float:
-        return float(self.context.logprobs()[int(value)])
+        """log p(value), -inf for a value that is not a token of this model (`support_error`)."""
+        token_id = _token_id(self.context.lm, value)
+        if token_id is None:
+            return -math.inf
+        return float(self.context.logprobs()[token_id])
+
+    def support_error(self, value: Any) -> str | None:
+        """None for a token of this model: a `Token` it made, or an int id in its vocabulary;
+        else what a token value is (`observe` raises with it)."""
+        lm = self.context.lm
+        if _token_id(lm, value) is not None:
+            return None
+        last = lm.vocab_size - 1
+        if isinstance(value, Token):
+            if 0 <= value.id <= last:
+                return (
+                    f"{value!r} is not a token of this model ({lm!r}), whose token "
+                    f"{value.id} is {lm.token(value.id)!r}; observe a Token of the context's own "
+                    "model, or its int id"
+                )
+            return (
+                f"{value!r} is not a token of this model ({lm!r}): its id {value.id} is outside "
+                f"the vocabulary (0..{last})"
+            )
+        what = f"a value is a Token of this model ({lm!r}) or its int id in 0..{last}"
+        if isinstance(value, str):
+            return (
+                f"{what}, not text; to observe text use observe(ctx.continuation(), {value!r}) "
+                "(the probability that the text comes next, over as many tokens as it takes)"
+            )
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return f"{what}; {int(value)} is outside the vocabulary"
+        return what
 
     # -- the scheduler's protocol: token distributions of other kinds (proposals, constraints)
     # -- subclass NextToken and override these two

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ppl.context import NextToken
-from ppl.distributions import as_distribution, proposed
+from ppl.distributions import as_distribution, check_value, proposed
 from ppl.handlers import condition as _condition_handler
 from ppl.runtime import _IN_COMPILED, _SCOPE, _STACK, Message, as_log_weight
 from ppl.runtime import Scope as Scope  # re-exported: the run's shared state lived here
@@ -90,7 +90,9 @@ def parse_args(kind: str, args: tuple, kwargs: dict) -> tuple[str | None, Any, A
     condition(ok) | condition(name, ok)               -> (name, ok, None)
 
     Distributions come back adapted to the protocol of `ppl.distributions` (NumPyro
-    distributions wrapped); anything else raises a `TypeError` that says what was given.
+    distributions wrapped); anything else raises a `TypeError` that says what was given, as
+    does an observed value that the distribution could not give (`check_value`), such as the
+    string "False" for a Bernoulli. Callers add the user's line to the message.
     """
     n = len(args)
     if kind == "sample" and kwargs.keys() <= {"proposal"}:
@@ -108,10 +110,14 @@ def parse_args(kind: str, args: tuple, kwargs: dict) -> tuple[str | None, Any, A
         raise TypeError(f"{kind}() takes positional arguments only, got {sorted(kwargs)}")
     if kind == "observe":
         if n == 2:
-            return None, as_distribution("observe", args[0]), args[1]
-        if n == 3 and isinstance(args[0], str):
-            return args[0], as_distribution("observe", args[1]), args[2]
-        raise TypeError("observe() takes (dist, value) or (name, dist, value)")
+            name, dist, value = None, as_distribution("observe", args[0]), args[1]
+        elif n == 3 and isinstance(args[0], str):
+            name, dist, value = args[0], as_distribution("observe", args[1]), args[2]
+        else:
+            raise TypeError("observe() takes (dist, value) or (name, dist, value)")
+        if not is_traced(value):  # a value no choice of dist could be: a TypeError, not a weight
+            check_value("observe", dist, value)
+        return name, dist, value
     if n == 1:
         name, obj = None, args[0]
     elif n == 2 and isinstance(args[0], str):

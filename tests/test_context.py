@@ -234,3 +234,87 @@ def test_draw_rows_on_rows_that_differ_and_rows_of_zeros():
     assert ids[:3].tolist() == [3, 599, 256]
     assert totals.tolist()[:3] == pytest.approx([2.0, 1e-30, 0.5])
     assert totals[3] == 0 and 0 <= ids[3] < 600  # all zero: arbitrary, and the total says so
+
+
+# ---------------------------------------------------------------------------------------------
+# What a token value is: observe(ctx.next_token(), value) with anything else names the user's line
+
+SMALL_LM = byte_lm()
+OTHER_LM = FunctionLM(
+    [b"<s>", b"x", b"<eos>"], lambda prefix: [0.0, 1.0, 1.0], eos="<eos>", bos="<s>"
+)
+
+
+def _line(marker: str) -> str:
+    """`file:line` of the line of this file that ends with the comment `marker`."""
+    with open(__file__) as f:
+        for number, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# {marker}"):
+                return f"{__file__}:{number}"
+    raise AssertionError(marker)
+
+
+@ppl.program
+def observes_text():
+    ctx = SMALL_LM.context("a")
+    ppl.observe(ctx.next_token(), "a")  # token-text
+
+
+@ppl.program
+def observes_unknown_id():
+    ctx = SMALL_LM.context("a")
+    ppl.observe(ctx.next_token(), 99)  # token-id
+
+
+@ppl.program
+def observes_other_models_token():
+    ctx = SMALL_LM.context("a")
+    ppl.observe(ctx.next_token(), OTHER_LM.token(1))  # token-other
+
+
+@pytest.mark.parametrize(
+    "prog, marker, says",
+    [
+        (
+            observes_text,
+            "token-text",
+            "not text; to observe text use observe(ctx.continuation(), 'a')",
+        ),
+        (observes_unknown_id, "token-id", "99 is outside the vocabulary"),
+        (observes_other_models_token, "token-other", "Token(1, 'x') is not a token of this model"),
+    ],
+)
+@pytest.mark.parametrize("run", ["smc", "importance", "direct"])
+def test_observing_what_is_not_a_token_names_the_line(prog, marker, says, run):
+    # observe(ctx.next_token(), "a") was `ValueError: invalid literal for int()` from ppl
+    with pytest.raises(TypeError) as info:
+        if run == "direct":
+            prog()
+        else:
+            getattr(ppl, run)(prog, particles=2, seed=0)
+    message = str(info.value)
+    assert _line(marker) in message
+    assert "is not a value of NextToken(" in message and says in message
+    assert f"a Token of this model ({SMALL_LM!r}) or its int id in 0..8" in message or (
+        "Token(1, 'x')" in message
+    )
+
+
+@ppl.program
+def observes_tokens(values):
+    ctx = SMALL_LM.context("a")
+    for v in values:
+        ppl.observe(ctx.next_token(), v)
+
+
+def test_a_token_value_is_a_token_or_its_id():
+    import numpy as np
+
+    tok = SMALL_LM.token(1)
+    values = [tok, 1, np.int64(1), torch.tensor(1)]
+    post = ppl.importance(observes_tokens, values, particles=1, seed=0)
+    assert post.log_evidence == pytest.approx(4 * math.log(1 / 8), rel=1e-5)
+    d = SMALL_LM.context("a").next_token()
+    for bad in ("a", 99, -1, True, 1.0, OTHER_LM.token(1)):
+        assert d.log_prob(bad) == -math.inf
+        assert d.support_error(bad) is not None

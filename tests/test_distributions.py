@@ -1,13 +1,14 @@
 """Distributions: Python helpers, the NumPyro adapter, and proposals (values and tokens)."""
 
 import math
+import re
 
 import numpy as np
 import numpyro.distributions as nd
 import pytest
 
 import ppl
-from ppl import program, sample
+from ppl import observe, program, sample
 from ppl.distributions import (
     Bernoulli,
     Categorical,
@@ -16,6 +17,7 @@ from ppl.distributions import (
     Proposed,
     UniformChoice,
     as_distribution,
+    check_value,
 )
 from ppl.handlers import seed, trace
 from tests.inference.toy import TABLE, VOCAB, toy_lm
@@ -150,3 +152,182 @@ def test_direct_run_with_token_proposal_matches_compiled_choices_in_kind():
 def test_token_proposal_needs_plain_token_distributions():
     with pytest.raises(TypeError, match="token proposal"):
         ppl.distributions.proposed(toy_lm.context("").next_token(), Bernoulli(0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Values outside the support: an error at the user's line, never a weight of some other value
+
+
+def _line(marker: str) -> str:
+    """`file:line` of the line of this file that ends with the comment `marker`."""
+    with open(__file__) as f:
+        for number, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# {marker}"):
+                return f"{__file__}:{number}"
+    raise AssertionError(marker)
+
+
+@program
+def observes_string():
+    observe(Bernoulli(0.9), "False")  # observe-string
+
+
+@program
+def observes_two():
+    observe(Bernoulli(0.9), 2)  # observe-two
+
+
+@program
+def observes_numpyro_two():
+    observe(nd.Bernoulli(0.9), 2)  # observe-numpyro-two
+
+
+@pytest.mark.parametrize(
+    "prog, marker, dist, value",
+    [
+        (observes_string, "observe-string", "Bernoulli(0.9)", "'False' (a str)"),
+        (observes_two, "observe-two", "Bernoulli(0.9)", "2 (an int)"),
+        (observes_numpyro_two, "observe-numpyro-two", "NumPyro(BernoulliProbs)", "2 (an int)"),
+    ],
+)
+@pytest.mark.parametrize("run", ["smc", "importance", "direct", "trace"])
+def test_observed_value_outside_the_support_names_line_distribution_and_value(
+    prog, marker, dist, value, run
+):
+    # `observe(Bernoulli(0.9), "False")` was scored as True: log Z = log 0.9
+    with pytest.raises(TypeError) as info:
+        if run == "direct":
+            prog()
+        elif run == "trace":
+            trace(prog).get_trace()
+        else:
+            getattr(ppl, run)(prog, particles=2, seed=0)
+    message = str(info.value)
+    assert _line(marker) in message
+    assert f"the value {value} is not a value of {dist}" in message
+    assert "True and False (or 1 and 0)" in message or "support is Boolean()" in message
+
+
+def test_observe_outside_any_program_names_the_line():
+    with pytest.raises(TypeError, match="'False' \\(a str\\) is not a value of Bernoulli") as info:
+        observe(Bernoulli(0.9), "False")  # observe-bare
+    assert str(info.value).startswith(_line("observe-bare") + ": observe(): ")
+
+
+@pytest.mark.parametrize(
+    "value, log_p",
+    [
+        (True, math.log(0.9)),
+        (False, math.log(0.1)),
+        (1, math.log(0.9)),
+        (0, math.log(0.1)),
+        (1.0, math.log(0.9)),
+        (0.0, math.log(0.1)),
+        (np.bool_(True), math.log(0.9)),
+        (np.int64(0), math.log(0.1)),
+        (np.array(1), math.log(0.9)),
+        (np.array(False), math.log(0.1)),
+    ],
+)
+def test_bernoulli_takes_booleans_and_zero_or_one(value, log_p):
+    d = Bernoulli(0.9)
+    check_value("observe", d, value)
+    assert d.log_prob(value) == pytest.approx(log_p)
+
+
+def test_bernoulli_takes_jax_scalars():
+    import jax.numpy as jnp
+
+    d = Bernoulli(0.9)
+    for value, log_p in [(jnp.array(True), math.log(0.9)), (jnp.int32(0), math.log(0.1))]:
+        check_value("observe", d, value)
+        assert d.log_prob(value) == pytest.approx(log_p)
+
+
+@pytest.mark.parametrize(
+    "dist, value",
+    [
+        (Bernoulli(0.9), "False"),
+        (Bernoulli(0.9), "True"),
+        (Bernoulli(0.9), 2),
+        (Bernoulli(0.9), -1),
+        (Bernoulli(0.9), 0.5),
+        (Bernoulli(0.9), None),
+        (Bernoulli(0.9), [1]),
+        (Bernoulli(0.9), np.array([1, 0])),
+        (Bernoulli(0.9), math.nan),
+        (Geometric(0.5), -1),
+        (Geometric(0.5), 2.5),
+        (Geometric(0.5), "3"),
+        (Geometric(0.5), True),
+        (Geometric(0.5), math.inf),
+        (Categorical([0, 1, 2]), "1"),
+        (Categorical([0, 1, 2]), None),
+        (UniformChoice("abc"), 1),
+    ],
+)
+def test_values_outside_the_support_are_errors_for_observe_and_minus_inf_for_log_prob(dist, value):
+    with pytest.raises(TypeError, match=f"is not a value of {re.escape(repr(dist))}"):
+        check_value("observe", dist, value)
+    assert dist.log_prob(value) == -math.inf
+
+
+def test_counts_and_categorical_values_of_the_right_kind():
+    g = Geometric(0.5)
+    for value in (3, 3.0, np.int64(3), np.array(3)):
+        check_value("observe", g, value)
+        assert g.log_prob(value) == pytest.approx(4 * math.log(0.5))
+    c = Categorical([0, 1, 2])
+    for value in (1, 1.0, np.int64(1), True):
+        check_value("observe", c, value)
+        assert c.log_prob(value) == pytest.approx(math.log(1 / 3))
+    # a value of the right kind that the list leaves out has probability 0, not an error: the
+    # list may depend on the program's choices (n unknown in UniformChoice(range(n)))
+    check_value("observe", c, 5)
+    assert c.log_prob(5) == -math.inf
+    assert Categorical(["a", np.array([1, 2])]).log_prob(np.array([1, 2])) == -math.inf
+
+
+@program
+def serial_numbers(seen):
+    n = sample("n", UniformChoice(range(1, 9)))
+    for k in seen:
+        observe(UniformChoice(range(n)), k)
+    return n
+
+
+def test_a_value_left_out_by_some_choices_weighs_zero_there():
+    post = ppl.importance(serial_numbers, [5, 2], particles=200, seed=0)
+    assert post.log_evidence > -math.inf
+    assert min(post.samples(100)) >= 6  # n <= 5 cannot give the serial number 5
+
+
+def test_numpyro_values_outside_the_support():
+    import jax.numpy as jnp
+
+    bern = as_distribution("observe", nd.Bernoulli(0.9))
+    # NumPyro's own log_prob of 2 (under jit, without validate_args) was 2 log 0.9 - log 0.1 > 0
+    assert bern.log_prob(2) == -math.inf
+    assert bern.log_prob(1) == pytest.approx(math.log(0.9), rel=1e-6)
+    assert bern.log_prob(1.0) == pytest.approx(math.log(0.9), rel=1e-6)
+    for value in (2, 0.5, "1", None):
+        with pytest.raises(TypeError, match="is not a value of NumPyro\\(BernoulliProbs\\)"):
+            check_value("observe", bern, value)
+    cat = as_distribution("observe", nd.Categorical(jnp.array([0.2, 0.3, 0.5])))
+    check_value("observe", cat, 2.0)
+    assert cat.log_prob(2.0) == pytest.approx(math.log(0.5), rel=1e-6)
+    for value in (3, -1, 1.5):
+        with pytest.raises(TypeError, match="not a value of NumPyro\\(CategoricalProbs\\)"):
+            check_value("observe", cat, value)
+    normal = as_distribution("observe", nd.Normal(0.0, 1.0))
+    check_value("observe", normal, np.array([0.5, -1.0]))  # iid observations, summed
+    for value in (math.nan, math.inf, "0.5"):
+        with pytest.raises(TypeError, match="not a value of NumPyro\\(Normal\\)"):
+            check_value("observe", normal, value)
+    # a support that depends on the parameters (a latent bound): probability 0, no error
+    uniform = as_distribution("observe", nd.Uniform(0.0, 2.0))
+    check_value("observe", uniform, 3.0)
+    assert uniform.log_prob(3.0) == -math.inf
+    binomial = as_distribution("observe", nd.Binomial(3, 0.5))
+    check_value("observe", binomial, 5)
+    assert binomial.log_prob(5) == -math.inf

@@ -68,6 +68,7 @@ from ppl.inference.chains import ZeroEvidence, _chain_posterior, _rejections, fa
 from ppl.inference.engine import Choice, Engine
 from ppl.inference.execution import Execution, run_forward
 from ppl.inference.notices import count, fits
+from ppl.inference.options import checks_options
 from ppl.inference.particle_mcmc import smc_sweep
 from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import chains_bar, chains_status
@@ -309,6 +310,7 @@ class MHKernel:
 
 
 @counts_mask_leaks
+@checks_options
 def mh(
     program: Program,
     *args: Any,

@@ -26,6 +26,7 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.distributions import NumPyro, _to_python
 from ppl.handlers import Messenger, replay, trace
+from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior
 from ppl.inference.progress import enabled
 from ppl.primitives import is_traced
@@ -62,6 +63,7 @@ class _AsNumPyro(Messenger):
         msg["stop"] = True
 
 
+@checks_options
 def nuts(
     program: Program,
     *args: Any,

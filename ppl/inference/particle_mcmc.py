@@ -22,6 +22,7 @@ from ppl.inference.chains import _chain_posterior, _rejections, failed_posterior
 from ppl.inference.engine import Engine, Particle
 from ppl.inference.execution import Execution, Snapshot, is_waiting, settle, untwist
 from ppl.inference.notices import count, fits
+from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import chains_bar, chains_status
 from ppl.inference.weights import log_sum_exp, normalise
@@ -106,6 +107,7 @@ def _follow(reference: Execution, t: int, states: list[Particle] | None = None) 
 
 
 @counts_mask_leaks
+@checks_options
 def pimh(
     program: Program,
     *args: Any,
@@ -167,6 +169,7 @@ def pimh(
 
 
 @counts_mask_leaks
+@checks_options
 def pgibbs(
     program: Program,
     *args: Any,

@@ -41,12 +41,14 @@ from ppl.inference.html import recorder_for
 from ppl.inference.metropolis import MHKernel
 from ppl.inference.notices import InferenceWarning as InferenceWarning  # its old home
 from ppl.inference.notices import count, fits, warn
+from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import particles_bar, particles_status
 from ppl.inference.weights import ess_of, log_sum_exp, normalise
 
 
 @counts_mask_leaks
+@checks_options
 def smc(
     program: Program,
     *args: Any,
@@ -106,6 +108,7 @@ def smc(
 
 
 @counts_mask_leaks
+@checks_options
 def importance(
     program: Program,
     *args: Any,

@@ -36,6 +36,7 @@ from ppl.inference.engine import Engine, Particle
 from ppl.inference.execution import is_waiting, settle, untwist
 from ppl.inference.html import recorder_for
 from ppl.inference.notices import count, fits
+from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior, counts_mask_leaks
 from ppl.inference.progress import Bar, particles_bar, particles_status
 from ppl.inference.weights import ess_of, log_sum_exp, normalise
@@ -90,6 +91,7 @@ def select(
 
 
 @counts_mask_leaks
+@checks_options
 def smc_steer(
     program: Program,
     *args: Any,

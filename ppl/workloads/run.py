@@ -24,6 +24,7 @@ from typing import Any
 
 from ppl.compiler import Program
 from ppl.inference.notices import InferenceWarning
+from ppl.inference.options import keyword_names, suggestion
 from ppl.inference.posterior import Posterior
 from ppl.inference.progress import INTERVAL, REPORT, enabled
 from ppl.models.base import LanguageModel
@@ -410,6 +411,7 @@ def _check_options(
             raise TypeError(
                 f"ppl.map: {method.__qualname__}() has no option {name!r} and "
                 f"{program.__qualname__}() no parameter of that name"
+                + _close_name(name, method, program.code.signature)
             )
     for index, (_, kwargs) in enumerate(items):
         clash = (set(kwargs) & named) | (set(kwargs) & set(options))
@@ -418,6 +420,19 @@ def _check_options(
                 f"ppl.map: input {index} names {sorted(clash)}, which are options of "
                 f"{method.__qualname__}(), not arguments of the program"
             )
+
+
+def _close_name(name: str, method: Callable[..., Any], program: inspect.Signature) -> str:
+    """The end of the message for an unknown option `name`: "; did you mean 'x'?" with the
+    closest option of the method, parameter of the program or option of map itself, else
+    the method's options."""
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    options = [n for n, p in inspect.signature(method).parameters.items() if p.kind is keyword_only]
+    own = [n for n, p in inspect.signature(imap).parameters.items() if p.kind is keyword_only]
+    close = suggestion(name, [*options, *keyword_names(program), *own])
+    if close is None:
+        return f"; its options are {', '.join(options)}"
+    return f"; did you mean {close!r}{' (an option of ppl.map)' if close in own else ''}?"
 
 
 def _run_options(method: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
