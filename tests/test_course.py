@@ -15,6 +15,8 @@ import json
 import linecache
 import math
 import re
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -95,6 +97,65 @@ def test_02_importance_sampling_error_shrinks_like_one_over_root_n(capsys):
     assert errors[0] / errors[2] > 5  # 1/sqrt(N) predicts 10
     big = rows[-1]
     assert abs(big["ess_fraction"] - exact["ess_fraction"]) < 4 * big["ess_fraction_se"] + 0.01
+    check_claim_02(out, repeats)
+
+
+def words(text: str) -> str:
+    """`text` with its line breaks and runs of spaces as single spaces."""
+    return " ".join(text.split())
+
+
+def check_claim_02(out: dict, repeats: int) -> None:
+    """Lesson 2's claim says what its own numbers say."""
+    claim, rows = words(out["claim"]), out["rows"]
+    assert "nan" not in claim and "inf" not in claim, claim
+    z = max(abs(r["mean_ratio"] - 1) / (r["theory"] / math.sqrt(repeats)) for r in rows)
+    if z < 3:
+        assert f"within {z:.1f} standard errors of 1" in claim, claim
+    else:
+        assert f"is {z:.1f} standard errors from 1, more than" in claim, claim
+    first = min(rows, key=lambda r: r["particles"])
+    last = max(rows, key=lambda r: r["particles"])
+    measured = first["rms_relative_error"] / last["rms_relative_error"]
+    predicted = math.sqrt(last["particles"] / first["particles"])
+    moved = f"fell {measured:.1f}-fold" if measured >= 1 else f"rose {1 / measured:.1f}-fold"
+    assert f"rms relative error {moved}, where 1/√N predicts a {predicted:.1f}-fold" in claim
+    # the explanation: the Monte Carlo error of each rms, and how far the fall is from 1/√N
+    assert f"from only {repeats} runs" in claim, claim
+    for r in (first, last):
+        assert f"{r['rms_relative_se']:.0%} at N = {r['particles']}" in claim, claim
+    spread = math.hypot(first["rms_relative_se"], last["rms_relative_se"])
+    assert f"scatters around {predicted:.1f} by about ±{spread:.0%}" in claim, claim
+    away = abs(math.log(measured / predicted)) / spread
+    if away < 1:
+        assert "within one such error of it" in claim, claim
+    elif away < 3:
+        assert f"is {away:.1f} such errors from it, a difference that Monte Carlo" in claim
+    else:
+        assert f"is {away:.1f} such errors from it, more than Monte Carlo" in claim
+
+
+@pytest.mark.statistical
+def test_02_the_claim_follows_the_numbers_at_other_settings(capsys):
+    m = lesson(2)
+    for sizes, repeats in (((10, 40), 5), ((1000, 10), 3)):  # few runs; sizes out of order
+        out = m.main(sizes=sizes, repeats=repeats)
+        assert words(out["claim"]) in words(capsys.readouterr().out)
+        check_claim_02(out, repeats)
+    out = m.main(sizes=(20,), repeats=2)
+    assert "With a single N the fall of the error cannot be judged." in out["claim"]
+
+
+def test_02_the_prose_gives_the_default_error_of_the_error():
+    m = lesson(2)
+    m2 = m.EXACT["relative_variance"]
+    source = words(LESSONS[1].read_text().replace("# ", ""))
+    assert "With the default 50 runs it is about 10% at every N" in source
+    for n in (10, 100, 1000):
+        assert round(m.rms_relative_se(n, 50), 2) == 0.10, n
+    spread = math.hypot(m.rms_relative_se(10, 50), m.rms_relative_se(1000, 50))
+    assert f"1/√N's 10-fold by about ±{spread:.0%}." in source
+    assert m2 > 0
 
 
 # -- 3: why SMC resamples -------------------------------------------------------------------------
@@ -124,6 +185,54 @@ def test_03_smc_beats_importance_sampling_when_most_paths_die(capsys):
     assert smc["relative_variance"] < exact_var / 2
     assert smc["log_variance"] < is_["log_variance"]
     assert smc["final_ess"] > 10 * is_["final_ess"]
+    check_claim_03(out, particles=200, repeats=repeats)
+
+
+def check_claim_03(out: dict, particles: int, repeats: int) -> None:
+    """Lesson 3's claim says what its own numbers say: each "X times smaller/larger" is so."""
+    claim = words(out["claim"])
+    is_, smc = out["importance"], out["smc"]
+    assert "0.0 times" not in claim and "nan" not in claim, claim
+    assert f"kills {1 - math.exp(out['log_evidence']):.1%} of the prior's paths" in claim
+    assert f"with N = {particles} particles" in claim, claim
+    compared = re.findall(
+        r"\(([\d.]+)[^()]*\) is ([\d.]+) times (smaller|larger) than [^(]*\(([\d.]+)\)", claim
+    )
+    assert compared, claim
+    for a, ratio, word, b in compared:
+        a, b, ratio = float(a), float(b), float(ratio)
+        assert (a < b) == (word == "smaller"), (a, word, b)
+        assert ratio >= 1.05 and ratio == pytest.approx(max(a, b) / min(a, b), rel=0.05, abs=0.1)
+    exact_var = out["exact_is_relative_variance"]
+    assert f"SMC's variance of Ẑ/Z ({smc['relative_variance']:.4f} over {repeats} runs)" in claim
+    assert f"IS's exact variance ({exact_var:.4f})" in claim
+    if is_["lost"] and not smc["lost"]:
+        assert is_["log_variance"] == math.inf
+        assert f"IS lost every particle in {is_['lost']} of {repeats} runs" in claim, claim
+        assert "its variance of log Ẑ is infinite" in claim, claim
+    elif not is_["lost"] and not smc["lost"]:
+        assert "neither lost a run" in claim, claim
+        assert f"SMC's variance of log Ẑ ({smc['log_variance']:.4f}) is" in claim, claim
+    assert f"final ESS is {smc['final_ess']:.1f} of {particles} against IS's" in claim
+
+
+@pytest.mark.statistical
+def test_03_the_claim_follows_the_numbers_when_importance_sampling_loses_most_runs(capsys):
+    m = lesson(3)
+    out = m.main(particles=20, repeats=20)
+    assert words(out["claim"]) in words(capsys.readouterr().out)
+    assert out["importance"]["lost"] > 10 and out["smc"]["lost"] == 0  # IS lost most runs
+    check_claim_03(out, particles=20, repeats=20)
+    out = m.main(particles=50, repeats=1, max_tokens=3)
+    assert "one run of each cannot measure a variance" in out["claim"]
+
+
+def test_03_the_prose_gives_the_computed_death_rates():
+    m = lesson(3)
+    dead, per_step = m.death_rates(m.LOG_Z)
+    source = words(LESSONS[2].read_text().replace("# ", ""))
+    assert f"kills about a third of the paths ({per_step:.0%} on average)" in source
+    assert f"and {dead:.1%} of all paths die somewhere" in source
 
 
 # -- 4: MCMC over texts ---------------------------------------------------------------------------
@@ -173,6 +282,20 @@ def test_05_masking_distorts_and_ppl_does_not(capsys):
         assert abs(estimate.get(text, 0.0) - exact[text]) < 4 * se[text], text
     assert out["tv_masked"] > 0.3  # exact: no sampling
     assert out["tv_ppl"] < 0.5 * sum(4 * s for s in se.values()) < out["tv_masked"] / 3
+
+
+def test_05_runs_without_matplotlib_and_says_how_to_add_the_plot(tmp_path):
+    # a fresh `make demo` installs no matplotlib: the lesson still runs, and says what to install
+    hide = "import sys, runpy; sys.modules['matplotlib'] = None; "
+    run = f"runpy.run_path({str(LESSONS[4])!r}, run_name='__main__')"
+    result = subprocess.run(
+        [sys.executable, "-c", hide + run], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Claim:" in result.stdout
+    assert "(no plot: it needs matplotlib" in result.stdout
+    assert "pip install -e '.[plot]'" in result.stdout
+    assert not (tmp_path / "build").exists()
 
 
 def test_05_plot_is_written_when_asked(tmp_path):

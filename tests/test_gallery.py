@@ -48,6 +48,19 @@ def test_each_program_is_a_percent_script_listed_in_the_readme():
         assert '\nif __name__ == "__main__":\n' in source, name
 
 
+def test_each_program_says_what_the_small_model_limits():
+    # the posterior is exact for SmolLM2-135M, and its texts are that model's: each program
+    # prints a note saying so after its claim
+    for path in sorted(GALLERY.glob("*.py")):
+        module = program_file(path.stem)
+        note = module.MODEL_NOTE
+        assert note.startswith("About the model: ") and "135M" in note, path.name
+        assert all(len(line) <= 90 for line in note.splitlines()), path.name
+        source = path.read_text()
+        main = source[source.index("\ndef main(") :]
+        assert 'print("\\n" + MODEL_NOTE)' in main, path.name
+
+
 def test_the_json_checker_finds_what_is_wrong():
     gallery = program_file("steering_json")
     ok = {"name": "Rex", "species": "dog", "age": 3, "vaccinated": True}

@@ -230,7 +230,8 @@ class Posterior:
                 import arviz
         except ImportError:
             raise ImportError(
-                "Posterior.to_arviz needs arviz: pip install 'ppl-lm[arviz]'"
+                "Posterior.to_arviz needs arviz: pip install arviz "
+                "(in a clone of ppl: pip install -e '.[arviz]')"
             ) from None
         if self.chain is not None:
             chain = np.asarray(self.chain)

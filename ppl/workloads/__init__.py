@@ -5,7 +5,7 @@ on Ray workers, with a checkpoint file that loses nothing.
 * `items`: what an item is: its call, with its seed, and the error it becomes when it raises.
 * `batch`: the shared step: the runs in flight share each batched model call.
 * `checkpoint`: the JSONL file of finished items.
-* `cluster`: Ray workers (the optional extra `ppl-lm[ray]`).
+* `cluster`: Ray workers (optional: `pip install ray`, or `pip install -e '.[ray]'` in a clone).
 """
 
 from ppl.workloads.batch import SharedPassOutOfMemory

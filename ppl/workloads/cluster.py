@@ -103,7 +103,10 @@ def run_on_ray(
     try:
         import ray
     except ImportError:
-        raise ImportError("ppl.map(cluster='ray') needs Ray: pip install 'ppl-lm[ray]'") from None
+        raise ImportError(
+            "ppl.map(cluster='ray') needs Ray: pip install ray "
+            "(in a clone of ppl: pip install -e '.[ray]')"
+        ) from None
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"ppl.map: retries must be a non-negative integer, got {retries!r}")
     if runtime_env is not None and not isinstance(runtime_env, dict):

@@ -64,7 +64,7 @@ def test_to_arviz_without_numeric_choices_and_without_arviz(monkeypatch):
     with pytest.raises(ValueError, match="no numeric named choice"):
         post.to_arviz()
     monkeypatch.setitem(sys.modules, "arviz", None)
-    with pytest.raises(ImportError, match=r"pip install 'ppl-lm\[arviz\]'"):
+    with pytest.raises(ImportError, match=r"pip install arviz .*pip install -e '\.\[arviz\]'"):
         post.to_arviz()
 
 

@@ -120,7 +120,8 @@ print(f"acceptance rate {one.acceptance[0]:.2f}")
 # `"restart"` mixes well: its chains are worth more independent draws than `"token"`'s. Under a
 # condition that most runs break, a restart is rejected almost every time, and the local moves
 # of `"token"` are the ones that get accepted (on the task of lesson 3, 12 letters with no
-# repeat, `ppl.mh` accepts about 18% of token moves and 1% of restarts).
+# repeat, `ppl.mh` accepted 18% of token moves and 1% of restarts, averaged over the single
+# chains of 300 steps of seeds 0-11 that found a first text obeying the rule).
 
 
 # %%
@@ -130,7 +131,16 @@ def chain_estimate(post: ppl.Posterior, f) -> tuple[float, float]:
     values = np.array([f(v) for v in post.values], dtype=float)
     chains = np.unique(post.chain)
     means = np.array([values[post.chain == c].mean() for c in chains])
+    if len(chains) < 2:
+        return float(values.mean()), math.nan
     return float(values.mean()), float(means.std(ddof=1) / math.sqrt(len(chains)))
+
+
+def z_score(estimate: float, se: float) -> float:
+    """(estimate - exact) / SE; nan when one chain gives no SE, inf when the chains all agree."""
+    if not se > 0:
+        return math.nan if math.isnan(se) else math.copysign(math.inf, estimate - P_HAS_B)
+    return (estimate - P_HAS_B) / se
 
 
 def total_variation(post: ppl.Posterior) -> float:
@@ -152,8 +162,8 @@ def run_mh(chains: int, steps: int, warmup: int, seed: int = 0) -> dict[str, dic
             "acceptance": post.acceptance_rate,
             "estimate": est,
             "se": se,
-            "z": (est - P_HAS_B) / se,
-            "worth": P_HAS_B * (1 - P_HAS_B) / se**2,
+            "z": z_score(est, se),
+            "worth": P_HAS_B * (1 - P_HAS_B) / se**2 if se > 0 else math.inf,
             "samples": post.num_particles,
             "tv": total_variation(post),
         }
@@ -167,12 +177,12 @@ def run_pimh(sizes: tuple[int, ...], chains: int, steps: int) -> dict[int, dict]
         posts = [ppl.pimh(story, particles=n, steps=steps, seed=(n, c)) for c in range(chains)]
         means = np.array([p.expectation(has_b) for p in posts])
         log_z = np.array([p.log_evidence for p in posts])
-        se = float(means.std(ddof=1) / math.sqrt(chains))
+        se = float(means.std(ddof=1) / math.sqrt(chains)) if chains > 1 else math.nan
         out[n] = {
             "acceptance": float(np.mean([p.acceptance_rate for p in posts])),
             "estimate": float(means.mean()),
             "se": se,
-            "z": (float(means.mean()) - P_HAS_B) / se,
+            "z": z_score(float(means.mean()), se),
             "z_ratio": float(np.mean(np.exp(log_z - LOG_Z))),
             "z_ratio_se": float(np.std(np.exp(log_z - LOG_Z), ddof=1) / math.sqrt(chains)),
         }
@@ -180,6 +190,42 @@ def run_pimh(sizes: tuple[int, ...], chains: int, steps: int) -> dict[int, dict]
 
 
 # %%
+def claim(mh_rows: dict, pimh_rows: dict, chains: int) -> str:
+    """The lesson's claim, in words that follow the numbers of this run."""
+    rows = {f"MH ({k})": r for k, r in mh_rows.items()}
+    rows.update({f"PIMH ({n} particles)": r for n, r in pimh_rows.items()})
+    if chains < 2:
+        verdict = (
+            f"with one chain the Monte Carlo error cannot be measured, so agreement with the "
+            f"exact P(has b) = {P_HAS_B:.3f} cannot be judged (use 2 or more chains)"
+        )
+    else:
+        name = max(rows, key=lambda k: abs(rows[k]["z"]))
+        worst = abs(rows[name]["z"])
+        if worst < 3:
+            verdict = (
+                f"MH (both proposals) and PIMH agree with the exact P(has b) = {P_HAS_B:.3f} "
+                f"within Monte Carlo error (largest |z| {worst:.1f}, under 3)"
+            )
+        else:
+            verdict = (
+                f"{name} is {worst:.1f} standard errors from the exact P(has b) = "
+                f"{P_HAS_B:.3f}, more than Monte Carlo error usually gives (|z| under 3): "
+                f"chains this short may not have forgotten where they started"
+            )
+    sizes = sorted(pimh_rows)
+    rates = ", ".join(f"{pimh_rows[n]['acceptance']:.0%} with {n}" for n in sizes)
+    trend = ""
+    if len(sizes) > 1:
+        low, high = pimh_rows[sizes[0]]["acceptance"], pimh_rows[sizes[-1]]["acceptance"]
+        trend = (
+            " (more particles, a better Ẑ, more accepted)"
+            if high > low
+            else " (here more particles did not raise it)"
+        )
+    return f"Claim: {verdict}; PIMH accepts {rates} particles{trend}."
+
+
 def main(
     chains: int = 16, steps: int = 200, warmup: int = 20, pimh_sizes=(2, 16), pimh_steps: int = 50
 ) -> dict:
@@ -209,14 +255,7 @@ def main(
             f"{r['z_ratio']:10.3f}{r['z_ratio_se']:8.3f}"
         )
     print("z = (estimate - exact) / SE: |z| < 3 is agreement within Monte Carlo error")
-    small, large = pimh_rows[min(pimh_rows)], pimh_rows[max(pimh_rows)]
-    worst = max(abs(r["z"]) for r in [*mh_rows.values(), *pimh_rows.values()])
-    print(
-        f"\nClaim: MH (both proposals) and PIMH agree with the exact P(has b) = {P_HAS_B:.3f} "
-        f"within Monte Carlo error (largest |z| {worst:.1f}); PIMH accepts "
-        f"{small['acceptance']:.0%} of its proposals with {min(pimh_rows)} particles and "
-        f"{large['acceptance']:.0%} with {max(pimh_rows)}."
-    )
+    print("\n" + claim(mh_rows, pimh_rows, chains))
     return {"p_has_b": P_HAS_B, "log_evidence": LOG_Z, "mh": mh_rows, "pimh": pimh_rows}
 
 

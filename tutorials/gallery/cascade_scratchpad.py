@@ -111,6 +111,14 @@ def top(dist: dict[str, float], k: int = 3) -> str:
     return ", ".join(f"{a}: {p:.2f}" for a, p in list(dist.items())[:k])
 
 
+# What the small model limits, printed after the claim: the numbers are this model's
+MODEL_NOTE = (
+    "About the model: a 135M model's working is often wrong arithmetic, with or without a\n"
+    "scratchpad. The program shows how the answer's marginal sums over reasoning paths; what\n"
+    "that gains is bounded by how often this model's working is right."
+)
+
+
 def main(
     questions: int = 6,
     particles: int = 16,
@@ -178,6 +186,7 @@ def main(
         f"answer than {worse} on average, and the scratchpad does better on {wins} of "
         f"{len(chosen)} questions."
     )
+    print("\n" + MODEL_NOTE)
     return {
         "questions": chosen,
         "with_working": list(with_working),

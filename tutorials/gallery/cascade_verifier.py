@@ -94,6 +94,14 @@ def p_yes(lm, question: str, value: str) -> float:
     return math.exp(lm.context(judge_prompt(lm, question, value)).continuation().log_prob("Yes"))
 
 
+# What the small model limits, printed after the claim: the numbers are this model's
+MODEL_NOTE = (
+    "About the model: the judge is the same 135M model, and how well it tells right answers\n"
+    "from wrong ones is what the numbers above measure. What the program guarantees is the\n"
+    "reweighting by p(Yes), not the judge's competence."
+)
+
+
 def main(questions: int = 6, particles: int = 32, seed: int = 0, lm=None) -> dict:
     """Run with and without the verifier on each question; print the comparison and the claim.
 
@@ -173,6 +181,7 @@ def main(questions: int = 6, particles: int = 32, seed: int = 0, lm=None) -> dic
         f"exactly is the reweighting itself: each verified weight is the unverified one times "
         f"p(Yes | q, a), to {gap:.0e} in log."
     )
+    print("\n" + MODEL_NOTE)
     return {
         "questions": chosen,
         "unverified": list(plain),

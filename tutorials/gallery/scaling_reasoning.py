@@ -238,6 +238,14 @@ METHODS = {"best-of-N": best_of_n, "beam search": beam_search, "particle filter"
 
 
 # %%
+# What the small model limits, printed after the claim: the numbers are this model's
+MODEL_NOTE = (
+    "About the model: a 135M model rarely writes checkable arithmetic steps, so every\n"
+    "method's accuracy stays low and differs by a question or two. The comparison is about\n"
+    "how each method spends its budget, not about what a larger model would reach."
+)
+
+
 def main(
     budgets=(1, 4, 8),
     questions: int = 12,
@@ -291,13 +299,18 @@ def main(
         + f" on {len(qs)} questions. The budget only pays where the model writes checkable "
         "steps; a 135M model mostly does not, and each question is one sample of luck."
     )
+    print("\n" + MODEL_NOTE)
     if plot:
         _plot(accuracy, plot)
     return accuracy
 
 
 def _plot(accuracy: dict[str, dict[int, float]], path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("(no plot: it needs matplotlib; in a clone of ppl, pip install -e '.[plot]' adds it)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

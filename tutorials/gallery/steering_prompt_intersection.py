@@ -68,6 +68,16 @@ def per_token(post: ppl.Posterior, weighted: bool) -> tuple[float, float]:
     return float(w[keep] @ log_p1[keep]), float(w[keep] @ log_p2[keep])
 
 
+# What the small model limits, printed after the claim: the numbers are this model's
+MODEL_NOTE = (
+    "About the model: a 135M model knows little about physicists or writers, so a text both\n"
+    "prompts find likely may name a garbled or made-up person with a made-up description, and\n"
+    "with few particles SMC often keeps a single text. The claim measures how likely each\n"
+    "prompt finds the texts, not whether they are true; SMC targets the exact product p1 x p2\n"
+    "of this model's two distributions."
+)
+
+
 def main(particles: int = 16, max_tokens: int = 24, seed: int = 0, lm=None) -> dict:
     """Run the intersection under SMC and plain sampling from the first prompt; print both."""
     if lm is None:
@@ -98,6 +108,7 @@ def main(particles: int = 16, max_tokens: int = 24, seed: int = 0, lm=None) -> d
         f"prompt ({post_p2 - plain_p2:+.2f}); under the first prompt {post_p1:.2f} against "
         f"{plain_p1:.2f}."
     )
+    print("\n" + MODEL_NOTE)
     return {
         "posterior": posterior,
         "plain": plain,
