@@ -556,6 +556,7 @@ def serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         rows=args.rows,
         timeout=args.timeout,
+        compile_seconds=args.compile_seconds,
         ready=ready,
     )
     return 0
@@ -727,6 +728,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="a run taking longer ends with 504 (default: none)",
+    )
+    s.add_argument(
+        "--compile-seconds",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's schema, grammar or regex must compile within this; else 400 "
+        "(default: 10)",
     )
     s.set_defaults(handler=serve, command="serve")
     return parser

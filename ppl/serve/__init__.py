@@ -26,6 +26,7 @@ def serve(
     max_queue: int = 64,
     rows: int | None = None,
     timeout: float | None = None,
+    compile_seconds: float = 10.0,
     ready: Any = None,
 ) -> None:
     """Serve `lm` as `model_name` (and `programs`) until stopped; `ready(url)` is called once
@@ -39,7 +40,9 @@ def serve(
     from ppl.serve.engine import Engine
 
     engine = Engine(max_running=max_running, max_queue=max_queue, rows=rows, timeout=timeout)
-    app = create_app(lm, model_name, engine, programs, api_key=api_key)
+    app = create_app(
+        lm, model_name, engine, programs, api_key=api_key, compile_seconds=compile_seconds
+    )
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = _Server(config, engine)
@@ -56,6 +59,7 @@ def serve(
     finally:
         engine.drain(timeout=30)
         engine.close()
+        app.state.compiler.close()
 
 
 def _server_class() -> type:

@@ -174,7 +174,9 @@ def read_body(raw: bytes, limit: int) -> dict[str, Any]:
     return body
 
 
-def parse(body: dict[str, Any], *, chat: bool, lm: Any, model_name: str) -> Request:
+def parse(
+    body: dict[str, Any], *, chat: bool, lm: Any, model_name: str, compiler: Any = None
+) -> Request:
     """The `Request` a chat or completion body asks for; `APIError` (400) for anything wrong."""
     allowed = CHAT_FIELDS if chat else COMPLETION_FIELDS
     for name, value in body.items():
@@ -242,7 +244,7 @@ def parse(body: dict[str, Any], *, chat: bool, lm: Any, model_name: str) -> Requ
         raise bad(f"ppl.ess_threshold must be a number in [0, 1], got {ess!r}", "ppl.ess_threshold")
     if ess is not None and method == "importance":
         raise bad("ppl.ess_threshold is for smc and smc_steer", "ppl.ess_threshold")
-    constraint, kind = _constraint(body)
+    constraint, kind = _constraint(body, compiler)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad(f"stream must be true or false, got {stream!r}", "stream")
@@ -332,7 +334,7 @@ def _completion_prompt(body: dict[str, Any]) -> str:
     return prompt
 
 
-def _constraint(body: dict[str, Any]) -> tuple[Any, str | None]:
+def _constraint(body: dict[str, Any], compiler: Any = None) -> tuple[Any, str | None]:
     """The one constraint a body gives, compiled (400 for two, or for one that is wrong)."""
     given: list[tuple[str, Any]] = []
     fmt = body.get("response_format")
@@ -388,14 +390,16 @@ def _constraint(body: dict[str, Any]) -> tuple[Any, str | None]:
         return None, None
     param, (kind, value) = given[0]
     try:
-        return _compile(kind, value, param), kind
+        return _compile(kind, value, param, compiler), kind
     except APIError:
         raise
     except (ValueError, TypeError) as e:
         raise bad(f"{param}: {e}", param, "invalid_constraint") from None
 
 
-def _compile(kind: str, value: Any, param: str) -> Any:
+def _compile(kind: str, value: Any, param: str, compiler: Any = None) -> Any:
+    """The constraint, compiled: first by `compiler` (`ppl.serve.compiling`: in a worker, under
+    time and memory limits) when one is given, then here."""
     if kind == "json":
         if isinstance(value, str):
             try:
@@ -404,19 +408,27 @@ def _compile(kind: str, value: Any, param: str) -> Any:
                 raise bad(f"{param} is not a JSON schema: {e}", param) from None
         if not isinstance(value, (dict, bool)):
             raise bad(f"{param} must be a JSON schema (an object)", param)
-        return ppl.JSONSchema(value)
-    if kind == "regex":
+        make = ppl.JSONSchema
+    elif kind in ("regex", "grammar"):
         if not isinstance(value, str):
-            raise bad(f"{param} must be a regular expression (a string)", param)
-        return ppl.Regex(value)
-    if kind == "grammar":
-        if not isinstance(value, str):
-            raise bad(f"{param} must be a Lark grammar (a string)", param)
-        return ppl.Grammar(value)
-    if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
-        raise bad(f"{param} must be a non-empty list of strings", param)
-    literals = " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(value))
-    return ppl.Grammar(f"start: {literals}")
+            what = "a regular expression" if kind == "regex" else "a Lark grammar"
+            raise bad(f"{param} must be {what} (a string)", param)
+        make = ppl.Regex if kind == "regex" else ppl.Grammar
+    else:
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+            raise bad(f"{param} must be a non-empty list of strings", param)
+        literals = " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(value))
+        kind, value, make = "grammar", f"start: {literals}", ppl.Grammar
+    if compiler is not None:
+        from ppl.serve.compiling import CompileLimit
+
+        try:
+            error = compiler.check(kind, value)
+        except CompileLimit as e:
+            raise bad(f"{param}: {e}", param, "constraint_too_complex") from None
+        if error is not None:
+            raise bad(f"{param}: {error}", param, "invalid_constraint")
+    return make(value)
 
 
 # -- the run ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ppl.compiler import Program
 from ppl.serve import api
 from ppl.serve.api import APIError
+from ppl.serve.compiling import SECONDS, Compiler
 from ppl.serve.engine import Busy, ClientGone, DeadlineExceeded, Draining, Engine
 
 log = logging.getLogger("ppl.serve")
@@ -50,6 +51,7 @@ def create_app(
     *,
     api_key: str | None = None,
     body_limit: int = BODY_LIMIT,
+    compile_seconds: float = SECONDS,
 ) -> Any:
     """The FastAPI application serving `lm` (as `model_name`) and `programs` on `engine`."""
     from ppl.serve.metrics import CONTENT_TYPE, Metrics
@@ -57,6 +59,9 @@ def create_app(
     app = FastAPI(title="ppl serve", docs_url=None, redoc_url=None, openapi_url=None)
     programs = dict(programs or {})
     metrics = Metrics(engine)
+    compiler = Compiler(compile_seconds)
+    compiler.start()
+    app.state.compiler = compiler
     routes = {
         "/health",
         "/metrics",
@@ -122,7 +127,9 @@ def create_app(
 
     async def completion(request: Request, chat: bool) -> Any:
         body = api.read_body(await request.body(), body_limit)
-        parsed = await asyncio.to_thread(api.parse, body, chat=chat, lm=lm, model_name=model_name)
+        parsed = await asyncio.to_thread(
+            api.parse, body, chat=chat, lm=lm, model_name=model_name, compiler=compiler
+        )
         request.state.detail = f"particles={parsed.particles} method={parsed.method}"
         ticket = _submit(engine, api.job(parsed, lm))
         if parsed.stream:

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -68,11 +70,12 @@ class Server:
 
     def __init__(self, *options: str) -> None:
         self.port = free_port()
+        self.log = tempfile.TemporaryFile("w+")  # its log: a pipe nobody reads would fill up
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.serve.toyserver", str(self.port), *options],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -81,7 +84,7 @@ class Server:
         while "ready" not in line:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the server did not start: {self.proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"the server did not start: {self.stop()[-2000:]}")
             line = self.proc.stdout.readline()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -90,15 +93,19 @@ class Server:
         return openai.OpenAI(base_url=f"{self.url}/v1", **settings)
 
     def stop(self) -> str:
+        """Stop the server (once); its log."""
+        if self.log.closed:
+            return ""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        err = self.proc.stderr.read()
         self.proc.stdout.close()
-        self.proc.stderr.close()
+        self.log.seek(0)
+        err = self.log.read()
+        self.log.close()
         return err
 
 
@@ -323,6 +330,9 @@ def test_a_client_that_goes_away_cancels_its_run():
     try:
         client = s.client(timeout=0.5)
         long = {"ppl": {"particles": 2}, "structured_outputs": {"regex": "[a-z]{300}"}}
+        # a first constrained request waits for the compile workers to start
+        warm = {"structured_outputs": {"regex": "a"}}
+        s.client().chat.completions.create(model="toy", messages=HI, max_tokens=2, extra_body=warm)
         with pytest.raises(openai.APITimeoutError):  # 300 steps of 20 ms: 6 s of work
             client.chat.completions.create(model="toy", messages=HI, max_tokens=400,
                                            extra_body=long)  # fmt: skip
@@ -379,5 +389,83 @@ def test_sigterm_drains_the_running_requests_then_exits_0():
         assert finished.status_code == 200 and len(
             finished.json()["choices"][0]["message"]["content"]) == 80  # fmt: skip
         assert s.proc.wait(timeout=30) == 0
+    finally:
+        s.stop()
+
+
+def test_a_constraint_that_compiles_too_slowly_is_a_400_and_the_server_goes_on():
+    s = Server("--compile-seconds", "1")
+    try:
+        slow = "start: " + " ".join(f'"x{i}"?' for i in range(3000))  # seconds to load
+        client = s.client()
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="toy", messages=HI, max_tokens=4,
+                extra_body={"structured_outputs": {"grammar": slow}},
+            )  # fmt: skip
+        error = caught.value.body
+        assert error["code"] == "constraint_too_complex", error
+        assert "did not compile within 1 s" in error["message"]
+        out = client.chat.completions.create(
+            model="toy", messages=HI, max_tokens=4,
+            extra_body={"structured_outputs": {"regex": "ab"}},
+        )  # fmt: skip
+        assert out.choices[0].message.content == "ab"
+    finally:
+        s.stop()
+
+
+def rss(pid: int) -> int:
+    """The resident memory of process `pid`, in bytes (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc for the memory")
+def test_200_requests_from_32_clients_are_each_answered_once_and_memory_stays_flat():
+    """After a warm-up of 100 requests (the allocators reach their working size: measured,
+    the server's memory rises over the first ~150 requests and then stays within a few MiB
+    over 600), 200 more: each answered once, and the memory flat from the 50th on."""
+    s = Server("--max-running", "16", "--max-queue", "64")
+    try:
+        schema = {"name": "ab", "schema": SCHEMA}
+        memory: dict[int, int] = {}
+        lock = threading.Lock()
+        done = [0]
+
+        def ask(i: int) -> tuple[int, int, str, str]:
+            body = {"model": "toy", "messages": [{"role": "user", "content": f"request {i}"}],
+                    "max_tokens": 24, "seed": i, "n": 1,
+                    "response_format": {"type": "json_schema", "json_schema": schema}}  # fmt: skip
+            reply = call(f"{s.url}/v1/chat/completions", body, timeout=120)
+            with lock:
+                done[0] += 1
+                if done[0] in (50, 200):
+                    memory[done[0]] = rss(s.proc.pid)
+            data = reply.json()
+            if reply.status_code == 200:
+                return i, 200, data["id"], data["choices"][0]["message"]["content"]
+            return i, reply.status_code, data["error"]["code"], data["error"]["message"]
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            list(pool.map(ask, range(1000, 1100)))  # the warm-up
+            done[0] = 0
+            replies = list(pool.map(ask, range(200)))
+        assert sorted(i for i, *_ in replies) == list(range(200)), "each request answered once"
+        ok = [r for r in replies if r[1] == 200]
+        assert len({r[2] for r in ok}) == len(ok), "no answer given twice"
+        for _, status, code, text in replies:
+            if status == 200:
+                jsonschema.validate(json.loads(text), SCHEMA)
+            else:  # an explicit error: a constraint nobody could meet in 24 tokens
+                assert status == 422 and code == "no_valid_answer", (status, code, text)
+        assert len(ok) >= 180, f"only {len(ok)} of 200 answered with a text"
+        grew = memory[200] - memory[50]
+        assert grew < 16 << 20, f"the server grew by {grew >> 20} MiB from request 50 to 200"
+        scraped = call(f"{s.url}/metrics").body.decode()
+        assert 'ppl_requests_total{endpoint="/v1/chat/completions",status="200"} ' in scraped
     finally:
         s.stop()

@@ -60,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--api-key")
+    parser.add_argument("--compile-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     DELAY[0] = args.delay
     from ppl.serve import serve
@@ -73,6 +74,7 @@ def main(argv=None):
         max_running=args.max_running,
         max_queue=args.max_queue,
         api_key=args.api_key,
+        compile_seconds=args.compile_seconds,
         ready=lambda url: print(f"ready {url}", flush=True),
     )
 
