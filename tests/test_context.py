@@ -9,6 +9,7 @@ import torch
 
 import ppl
 from ppl.models import FunctionLM
+from tests.lines import line_of
 
 # a byte-level vocabulary in which "é" (c3 a9) and "😀" (f0 9f 98 80) are split across tokens
 BYTE_VOCAB = [b"<s>", b"a", b" ", b"\xc3", b"\xa9", b"\xf0\x9f", b"\x98", b"\x80", b"<eos>"]
@@ -247,11 +248,7 @@ OTHER_LM = FunctionLM(
 
 def _line(marker: str) -> str:
     """`file:line` of the line of this file that ends with the comment `marker`."""
-    with open(__file__) as f:
-        for number, text in enumerate(f, 1):
-            if text.rstrip().endswith(f"# {marker}"):
-                return f"{__file__}:{number}"
-    raise AssertionError(marker)
+    return line_of(__file__, marker)
 
 
 @ppl.program

@@ -21,6 +21,7 @@ from ppl.distributions import (
 )
 from ppl.handlers import seed, trace
 from tests.inference.toy import TABLE, VOCAB, toy_lm
+from tests.lines import line_of
 
 
 @pytest.mark.parametrize(
@@ -160,11 +161,7 @@ def test_token_proposal_needs_plain_token_distributions():
 
 def _line(marker: str) -> str:
     """`file:line` of the line of this file that ends with the comment `marker`."""
-    with open(__file__) as f:
-        for number, text in enumerate(f, 1):
-            if text.rstrip().endswith(f"# {marker}"):
-                return f"{__file__}:{number}"
-    raise AssertionError(marker)
+    return line_of(__file__, marker)
 
 
 @program

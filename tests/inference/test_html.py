@@ -17,7 +17,7 @@ import ppl.inference.html as html_view
 from ppl import condition, factor, program, sample
 from ppl.distributions import Bernoulli
 from ppl.models import FunctionLM
-from tests.inference.toy import no_double_a
+from tests.inference.toy import letters, no_double_a
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -306,20 +306,6 @@ def test_screenshot_of_the_page_is_not_blank(tmp_path):
 
 
 # -- the strip's threshold label and the grid's scroll hint, measured in Chromium ----------------
-
-letters_lm = FunctionLM(["a", "b", "c", "<eos>"], lambda prefix: [1.0, 1.0, 1.0, 0.0], eos="<eos>")
-
-
-@program
-def letters(n, strength):
-    """`n` letters; each "a" weighs exp(strength): the larger, the lower the ESS."""
-    ctx = letters_lm.context("c")
-    for _ in range(n):
-        tok = sample(ctx.next_token())
-        ctx = ctx + tok
-        factor(strength * (tok.text == "a"))
-    return ctx.text
-
 
 # Appended to a page holding several strips: for each, the box of the "resample below" label as
 # drawn, and how many points of the ESS path (sampled every half pixel, its corners and its dots)

@@ -8,9 +8,8 @@ import numpyro.distributions as nd
 import pytest
 
 import ppl
-from ppl import factor, observe, program, sample
-from ppl.models import FunctionLM
-from tests.inference.toy import no_double_a, rated_text
+from ppl import observe, program, sample
+from tests.inference.toy import letters, no_double_a, rated_text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,20 +21,6 @@ def gaussian(y):
     x = sample("x", nd.Normal(0.0, 1.0))
     observe(nd.Normal(x, 1.0), y)
     return x
-
-
-letters_lm = FunctionLM(["a", "b", "c", "<eos>"], lambda prefix: [1.0, 1.0, 1.0, 0.0], eos="<eos>")
-
-
-@program
-def letters(n, strength):
-    """`n` letters; each "a" weighs exp(strength): ESS stays at N for 0, falls to 1 for 6."""
-    ctx = letters_lm.context("c")
-    for _ in range(n):
-        tok = sample(ctx.next_token())
-        ctx = ctx + tok
-        factor(strength * (tok.text == "a"))
-    return ctx.text
 
 
 RUNS = {

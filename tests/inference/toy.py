@@ -130,3 +130,18 @@ def exact_mixed() -> MixedPosterior:
     walk("<s>", "", 1.0, 0)
     z = sum(mass.values())
     return MixedPosterior(z, {s: w / z for s, w in mass.items()}, rate_mass / z)
+
+
+letters_lm = FunctionLM(["a", "b", "c", "<eos>"], lambda prefix: [1.0, 1.0, 1.0, 0.0], eos="<eos>")
+
+
+@program
+def letters(n, strength):
+    """`n` letters; each "a" weighs exp(strength): ESS stays at N for 0, falls to 1 for 6 (the
+    larger the strength, the lower the ESS)."""
+    ctx = letters_lm.context("c")
+    for _ in range(n):
+        tok = sample(ctx.next_token())
+        ctx = ctx + tok
+        factor(strength * (tok.text == "a"))
+    return ctx.text
