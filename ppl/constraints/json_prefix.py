@@ -597,6 +597,16 @@ class _Scan:
             return _WS_RE.match(self.text, pos).end()
         return pos
 
+    def after(self, pos: int, char: str) -> int | None:
+        """Past whitespace, `char` (a "," or ":") and whitespace again: the position there, or
+        None when the text ends before `char`; _Invalid when something else stands there."""
+        pos = self.ws(pos)
+        if pos == self.n:
+            return None
+        if self.text[pos] != char:
+            raise _Invalid
+        return self.ws(pos + 1)
+
     def run(self) -> str | None:
         pos = self.ws(0)
         if pos == self.n:
@@ -695,14 +705,9 @@ class _Scan:
                                 f"{_where(path)}: more than {most} items match 'contains'"
                                 " (maxContains)"
                             )
-            pos = end
-            if pos < n and text[pos] in _WS:
-                pos = _WS_RE.match(text, pos).end()
-            if pos == n:
+            pos = self.after(end, ",")
+            if pos is None:
                 return
-            if text[pos] != ",":
-                raise _Invalid
-            pos = self.ws(pos + 1)
             index += 1
 
     def unique(self, path: Any, seen: dict, items: list, index: int, value: Any) -> None:
@@ -752,14 +757,8 @@ class _Scan:
                         self.recheck(node, path, keys, members, final_members)
                 self.key(node, path, key, len(keys))
             child = node.member(key)
-            if pos < n and text[pos] in _WS:
-                pos = _WS_RE.match(text, pos).end()
-            if pos == n:
-                return
-            if text[pos] != ":":
-                raise _Invalid
-            pos = self.ws(pos + 1)
-            if pos == n:
+            pos = self.after(pos, ":")
+            if pos is None or pos == n:
                 return
             start = pos
             end, value = self.value(pos, child, (path, key), final_members)
@@ -767,15 +766,8 @@ class _Scan:
                 return
             if node.deps:
                 members.append((key, start, end, value))
-            pos = end
-            if pos < n and text[pos] in _WS:
-                pos = _WS_RE.match(text, pos).end()
-            if pos == n:
-                return
-            if text[pos] != ",":
-                raise _Invalid
-            pos = self.ws(pos + 1)
-            if pos == n:
+            pos = self.after(end, ",")
+            if pos is None or pos == n:
                 return
 
     def key(self, node: _Node, path: Any, key: str, count: int) -> None:
