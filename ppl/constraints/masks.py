@@ -118,7 +118,9 @@ _MODELS: weakref.WeakKeyDictionary[Any, ModelMasks] = weakref.WeakKeyDictionary(
 
 
 def model_masks(lm: LanguageModel) -> ModelMasks:
-    """The llguidance tokenizer of `lm`, built once per model (about a second for 50k tokens)."""
+    """The llguidance tokenizer of `lm`, built once per model (about a second for 50k tokens);
+    a tempered model shares its base model's (the vocabulary is the same)."""
+    lm = getattr(lm, "vocabulary_of", lm)
     found = _MODELS.get(lm)
     if found is None:
         found = _MODELS[lm] = ModelMasks(lm)

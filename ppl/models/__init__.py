@@ -3,6 +3,7 @@
 * `load()`: the embedded default model, SmolLM2-135M-Instruct, on the CPU.
 * `HFModel.from_pretrained(...)`: any causal LM that HuggingFace transformers loads.
 * `FunctionLM(vocab, next_token)`: a model built from a Python function (toy and test models).
+* `lm.tempered(T)` / `Tempered`: a model at a temperature (its logits divided by T).
 * `spec(kind, ...)` / `ModelSpec`: a picklable description of a model that worker processes
   build once (`spec("hf", "HuggingFaceTB/SmolLM2-360M-Instruct").build()`).
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ppl.models import spec as _spec
 from ppl.models.base import ContextWindowError, LanguageModel
 from ppl.models.spec import ModelSpec, spec
+from ppl.models.tempered import Tempered  # registers `lm.tempered(T)`
 from ppl.models.toy import FunctionLM
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ __all__ = [
     "FunctionLM",
     "HFModel",
     "ModelSpec",
+    "Tempered",
     "load",
     "spec",
 ]

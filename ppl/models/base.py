@@ -103,6 +103,17 @@ def set_context_factory(factory: Callable[[LanguageModel, str, tuple[int, ...]],
     _context_factory = factory
 
 
+#: What `lm.tempered(T)` calls: `(lm, T) -> LanguageModel`, registered by `ppl.models.tempered`
+#: (which imports this module) when `ppl.models` imports it.
+_tempered_factory: Callable[[LanguageModel, float], LanguageModel] | None = None
+
+
+def set_tempered_factory(factory: Callable[[LanguageModel, float], LanguageModel]) -> None:
+    """Make `factory(lm, temperature)` what `lm.tempered(temperature)` calls."""
+    global _tempered_factory
+    _tempered_factory = factory
+
+
 class ContextWindowError(ValueError):
     """A prompt, or a context extended from it, is longer than the model's context window.
 
@@ -246,6 +257,17 @@ class LanguageModel(ABC):
             f"than {window}: stop generating earlier (fewer tokens, e.g. a smaller max_tokens) "
             "or shorten the prompt"
         )
+
+    def tempered(self, temperature: float) -> LanguageModel:
+        """This model at `temperature`: each next-token distribution raised to the power
+        1/temperature and renormalised (the logits divided by it), as a model of its own.
+
+        Sample and condition it like any model: `lm.tempered(0.7).context(prompt)`. It shares
+        this model's weights and KV cache; see `ppl.models.tempered`. T = 1 gives this model.
+        """
+        if _tempered_factory is None:
+            raise RuntimeError("no tempered models: import ppl.models (it registers them)")
+        return _tempered_factory(self, temperature)
 
     def chat(self, messages: str | list[dict[str, str]], *, system: str | None = None) -> str:
         """A prompt string in the model's chat format, ending where the assistant's reply starts.

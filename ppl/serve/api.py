@@ -41,6 +41,7 @@ DEFAULT_PARTICLES = 8
 MAX_PARTICLES = 256
 DEFAULT_MAX_TOKENS = 256
 MAX_N = 64
+MAX_TEMPERATURE = 2  # as in OpenAI's API
 
 # fields of OpenAI's API that change what is generated and that this server does not do
 UNSUPPORTED = {
@@ -159,6 +160,8 @@ class Request:
     stream: bool
     include_usage: bool
     chat: bool
+    #: the model's temperature: the run samples `lm.tempered(temperature)`, conditioned
+    temperature: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,16 +208,21 @@ def parse(
         )
     prompt = _chat_prompt(body, lm) if chat else _completion_prompt(body)
     temperature = body.get("temperature")
-    if temperature is not None:
-        if not _is_number(temperature) or temperature < 0:
-            raise bad(f"temperature must be a number >= 0, got {temperature!r}", "temperature")
-        if temperature != 1:
-            raise bad(
-                "only temperature 1 is supported: answers are drawn from the model itself "
-                "(conditioned on the constraint)",
-                "temperature",
-                "unsupported_value",
-            )
+    if temperature is None:
+        temperature = 1.0
+    elif not _is_number(temperature) or not 0 < temperature <= MAX_TEMPERATURE:
+        hint = (
+            ": 0 would be greedy decoding, which has no distribution to condition on the "
+            "constraint; use a small temperature such as 0.1, or a seed for repeatable answers"
+            if _is_number(temperature) and temperature == 0
+            else ""
+        )
+        raise bad(
+            f"temperature must be a number above 0 and at most {MAX_TEMPERATURE:g}, "
+            f"got {temperature!r}{hint}",
+            "temperature",
+            "unsupported_value" if hint else None,
+        )
     n = _whole(body.get("n", 1), "n", 1, MAX_N)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -264,6 +272,7 @@ def parse(
         stream,
         include_usage,
         chat,
+        float(temperature),
     )
 
 
@@ -463,7 +472,8 @@ def job(request: Request, lm: Any) -> Any:
     """The engine's job for `request`: (Posterior, prompt tokens)."""
 
     def run() -> tuple[Any, int]:
-        context = lm.context(request.prompt)
+        model = lm.tempered(request.temperature) if request.temperature != 1 else lm
+        context = model.context(request.prompt)
         prompt_tokens = len(context.prompt_tokens)
         max_tokens = request.max_tokens
         if lm.max_length is not None:  # capped by the context window
@@ -555,4 +565,5 @@ def ppl_object(request: Request, post: Any, picked: list[tuple[int, Any, float]]
         "tokens_fed": int(post.stats.get("tokens_fed", 0)),
         "forward_passes": int(post.stats.get("forward_calls", 0)),
         "constraint": request.constraint_kind,
+        "temperature": request.temperature,
     }

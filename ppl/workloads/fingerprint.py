@@ -222,7 +222,10 @@ def _dedent(text: str) -> str:
 def model_content(lm: Any) -> Any:
     """A model by its spec (every field, every option but secrets), or by what it holds."""
     from ppl.models.spec import _SECRET_OPTIONS, ModelSpec
+    from ppl.models.tempered import Tempered
 
+    if isinstance(lm, Tempered):
+        return ["tempered", lm.temperature, model_content(lm.base)]
     spec = lm if isinstance(lm, ModelSpec) else getattr(lm, "spec", None)
     if isinstance(spec, ModelSpec):
         fields = dataclasses.asdict(spec)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -179,6 +181,28 @@ def test_completions_and_the_run_options(server):
     assert out.model_extra["ppl"]["method"] == "importance"
 
 
+@pytest.mark.parametrize("temperature", [1, 0.5, 1.7])
+def test_temperature_samples_the_tempered_model_conditioned_on_the_constraint(server, temperature):
+    # the toy model's next token does not depend on the prefix, and every letter has the same
+    # weight: each particle of "[a-c]{3}x" carries the same weight, so the run's evidence is
+    # exact: 27 texts, each p_T(letter)^4 p_T(EOS), with p_T proportional to weight^(1/T)
+    from tests.serve import toyserver
+
+    w = np.array(toyserver.WEIGHTS)
+    q = np.where(w > 0, w, 0.0) ** (1 / temperature)
+    q /= q.sum()
+    letter, eos = q[1 + toyserver.CHARS.index("a")], q[-1]
+    exact = math.log(27 * letter**4 * eos)
+    out = server.client().chat.completions.create(
+        model="toy", messages=HI, max_tokens=8, temperature=temperature,
+        extra_body={"structured_outputs": {"regex": "[a-c]{3}x"}, "ppl": {"seed": 0}},
+    )  # fmt: skip
+    extra = out.model_extra["ppl"]
+    assert extra["temperature"] == temperature
+    assert extra["log_evidence"] == pytest.approx(exact, abs=1e-4)
+    assert out.choices[0].message.content[3:] == "x"
+
+
 def test_streaming_gives_the_answer_of_the_same_request_unstreamed(server):
     client = server.client()
     ask = dict(model="toy", messages=HI, max_tokens=10, seed=5,
@@ -204,7 +228,8 @@ def test_streaming_gives_the_answer_of_the_same_request_unstreamed(server):
          "structured_outputs.regex", "two constraints given"),
         ({"extra_body": {"structured_outputs": {"json": {"type": "nonsense"}}}},
          "structured_outputs.json", "structured_outputs.json"),
-        ({"temperature": 0.5}, "temperature", "only temperature 1"),
+        ({"temperature": 0}, "temperature", "0 would be greedy decoding"),
+        ({"temperature": 2.5}, "temperature", "at most 2"),
         ({"extra_body": {"ppl": {"particle": 4}}}, "ppl.particle", "unknown field ppl.particle"),
         ({"n": 0}, "n", "n must be a whole number"),
     ],
