@@ -20,7 +20,7 @@ from ppl.models.toy import FunctionLM
 
 if TYPE_CHECKING:
     from ppl.models.default import load
-    from ppl.models.hf import HFModel
+    from ppl.models.hf.model import HFModel
 
 __all__ = [
     "LanguageModel",
@@ -37,7 +37,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # transformers takes seconds to import: only pay for it when a HF model is wanted
     if name == "HFModel":
-        from ppl.models.hf import HFModel
+        from ppl.models.hf.model import HFModel
 
         return HFModel
     if name == "load":
@@ -65,7 +65,7 @@ def _load_embedded(model_spec: ModelSpec) -> LanguageModel:
 
 
 def _load_hf(model_spec: ModelSpec) -> LanguageModel:
-    from ppl.models.hf import HFModel
+    from ppl.models.hf.model import HFModel
 
     assert model_spec.name_or_path is not None  # ModelSpec.__post_init__ holds it
     return HFModel.from_pretrained(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ppl.models.hf import HFModel
+from ppl.models.hf.model import HFModel
 from ppl.models.spec import (
     KV_BLOCK,
     KV_CACHES,

@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ppl.models.hf import GRAPH_MIN_GROWTH, HFModel, key_bucket, row_bucket, token_bytes_of
+from ppl.models.hf.fixed_step import GRAPH_MIN_GROWTH, key_bucket, row_bucket
+from ppl.models.hf.model import HFModel
+from ppl.models.hf.tokens import token_bytes_of
 
 CORPUS = [
     "the cat sat on the mat and the dog sat on the log",
@@ -407,16 +409,16 @@ def test_context_window_tiny(tiny_lm):
 def test_context_window_from_the_tokenizer_when_the_config_has_none():
     from types import SimpleNamespace
 
-    from ppl.models.hf import _context_window
+    from ppl.models.hf.compat import context_window
 
     config = SimpleNamespace()
-    assert _context_window(config, SimpleNamespace(model_max_length=2048)) == (
+    assert context_window(config, SimpleNamespace(model_max_length=2048)) == (
         2048,
         "tokenizer.model_max_length",
     )
     # transformers' placeholder for a tokenizer that does not know its model's window
-    assert _context_window(config, SimpleNamespace(model_max_length=int(1e30)))[0] is None
-    assert _context_window(SimpleNamespace(n_positions=1024), SimpleNamespace()) == (
+    assert context_window(config, SimpleNamespace(model_max_length=int(1e30)))[0] is None
+    assert context_window(SimpleNamespace(n_positions=1024), SimpleNamespace()) == (
         1024,
         "n_positions",
     )
@@ -850,7 +852,7 @@ def test_paged_states_outlive_their_model(tmp_path):
         "import gc, sys\n"
         "from tests.models.test_hf import tiny_tokenizer\n"
         "from transformers import LlamaConfig, LlamaForCausalLM\n"
-        "from ppl.models.hf import HFModel\n"
+        "from ppl.models.hf.model import HFModel\n"
         "tok = tiny_tokenizer()\n"
         "config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,\n"
         "    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)\n"
@@ -1144,4 +1146,47 @@ def test_fixed_step_with_padding_when_no_block_is_free(tiny_lm, monkeypatch):
     for row, ref in zip(logprobs, expected, strict=True):
         assert torch.allclose(row, ref, **tolerance(lm))
     assert lm.graphs_captured == 2  # captured again for the grown pool
+    del held
+
+
+def test_only_steps_with_a_graph_keep_their_inputs(tiny_lm, monkeypatch):
+    """A fixed-shape step run eagerly lets its device buffer of inputs go once it has run (it
+    can be 134 MB); a step captured as a graph keeps it, for the graph reads its inputs there."""
+    lm = paged_lm(tiny_lm, kv_block=4)
+    lm.step = "buckets"
+    check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+    assert lm.step_shapes and all(step.buffer is None for step in lm._steps.values())
+    check_kv_exactness(lm, "the dog sat", "naïve façade")  # the same shapes, new buffers
+    assert all(step.buffer is None for step in lm._steps.values())
+
+    lm = paged_lm(tiny_lm, kv_block=4)
+    FakeCUDA().install(monkeypatch, lm)
+    check_kv_exactness(lm, "the cat sat on the mat", "a quick brown fox 😀")
+    steps = list(lm._steps.values())
+    assert steps and all(step.graph is not None and step.buffer is not None for step in steps)
+
+
+def test_pool_growth_follows_the_graphs(tiny_lm, monkeypatch):
+    """The pool grows by `GRAPH_MIN_GROWTH` blocks at least only while graphs may name its
+    tensors: by `MIN_GROWTH` again once the step mode leaves "graphs", or a capture fails."""
+    from ppl.models.hf.block_pool import MIN_GROWTH
+
+    lm = paged_lm(tiny_lm, kv_block=4)
+    assert lm._pool.min_growth == MIN_GROWTH < GRAPH_MIN_GROWTH
+    FakeCUDA().install(monkeypatch, lm)
+    assert lm._pool.min_growth == GRAPH_MIN_GROWTH
+    lm.step = "buckets"
+    assert lm._pool.min_growth == MIN_GROWTH
+
+    lm = paged_lm(tiny_lm, kv_block=4)
+    FakeCUDA(fail_on="index_select").install(monkeypatch, lm)
+    prompts = [lm.encode(text) for text in ("the cat sat", "a quick brown fox")]
+    states, logprobs = lm.extend([None] * 2, prompts)
+    with pytest.warns(RuntimeWarning, match="CUDA graphs are off"):
+        lm.extend(states, [[int(row.argmax())] for row in logprobs])
+    assert lm._graphs_off is not None and lm._pool.min_growth == MIN_GROWTH
+    capacity = lm._pool.capacity  # 1 + 256: it grew while graphs were on
+    held = [lm._pool.allocate(4) for _ in range(len(lm._pool.free) + 1)]  # it grows again
+    assert lm._pool.capacity == capacity + max(MIN_GROWTH, capacity // 2)
+    assert lm._pool.capacity < capacity + GRAPH_MIN_GROWTH
     del held

@@ -19,7 +19,7 @@ import torch
 
 import ppl.models
 from ppl.models import ModelSpec, spec
-from ppl.models.hf import HFModel
+from ppl.models.hf.model import HFModel
 from tests.models.test_hf import tiny_tokenizer
 
 # -- command-line forms --------------------------------------------------------------------------
