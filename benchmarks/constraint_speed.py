@@ -17,8 +17,9 @@ check adds is printed against it. `--schema` uses a JSON schema (one the mask en
 so nothing beyond the end check runs) instead of the Lark grammar.
 
 Run: `python benchmarks/constraint_speed.py [--particles 16] [--tokens 32] [--reps 7] [--seed 0]
-[--schema]`. Targets: the constrained run takes at most 10% longer than the free one, and the
-reference check adds at most 10% to the unchecked run.
+[--schema] [--smoke]` (`--smoke`: a character-level toy model, N = 2, T = 4). Targets: the
+constrained run takes at most 10% longer than the free one, and the reference check adds at most
+10% to the unchecked run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import argparse
 import contextlib
 import statistics
 import time
+
+from _smoke import parse_args, toy_lm
 
 import ppl
 from ppl import program, sample
@@ -142,10 +145,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--schema", action="store_true", help="a JSON schema, not the grammar")
-    args = parser.parse_args()
+    args = parse_args(parser, particles=2, tokens=4, reps=1)
 
     t0 = time.perf_counter()
-    lm = ppl.models.load(device=args.device)
+    lm = toy_lm() if args.smoke else ppl.models.load(device=args.device)
     print(f"model loaded in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     model_masks(lm)

@@ -14,8 +14,9 @@ An estimated distribution has KL > 0 from sampling error alone. The reference is
 exact sampler given as many samples as the run's effective sample size (its 99% quantile over
 simulated replicates): ppl's figures must fall below it.
 
-Run: `python benchmarks/distortion.py [--runs 200] [--particles 16] [--plot PATH]`; the plot goes
-to `benchmarks/results/distortion.png` by default.
+Run: `python benchmarks/distortion.py [--runs 200] [--particles 16] [--max-tokens 7]
+[--plot PATH] [--smoke]`; the plot goes to `benchmarks/results/distortion.png` by default (with
+`--smoke`, to a temporary folder).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import warnings
 
 import numpy as np
+from _smoke import parse_args
 
 import ppl
 from ppl.models import FunctionLM
@@ -45,15 +48,15 @@ GRAMMAR = ppl.Grammar('start: "(" start ")" | WORD\nWORD: /[ab]+/')
 
 
 @ppl.program
-def parens():
-    return ppl.generate(lm.context(""), constraint=GRAMMAR, max_tokens=MAX_TOKENS)
+def parens(max_tokens):
+    return ppl.generate(lm.context(""), constraint=GRAMMAR, max_tokens=max_tokens)
 
 
-def exact_conditional() -> dict[str, float]:
+def exact_conditional(max_tokens: int = MAX_TOKENS) -> dict[str, float]:
     mass: dict[str, float] = {}
 
     def walk(last: str, text: str, prob: float, n: int) -> None:
-        if n == MAX_TOKENS:
+        if n == max_tokens:
             return
         for tid, p in enumerate(TABLE[last]):
             tok = VOCAB[tid]
@@ -70,12 +73,12 @@ def exact_conditional() -> dict[str, float]:
     return {k: v / z for k, v in mass.items()}
 
 
-def mask_and_renormalise() -> dict[str, float]:
+def mask_and_renormalise(max_tokens: int = MAX_TOKENS) -> dict[str, float]:
     """The exact distribution of masked decoding, by enumerating its choices."""
     mass: dict[str, float] = {}
 
     def walk(ctx, last: str, prob: float, n: int) -> None:
-        if n == MAX_TOKENS:
+        if n == max_tokens:
             return  # dropped: did not finish
         dist = ctx.next_token(GRAMMAR)
         allowed = [(tid, p) for tid, p in enumerate(TABLE[last]) if p > 0 and dist.allows(tid)]
@@ -96,7 +99,9 @@ def kl(q: dict[str, float], p: dict[str, float]) -> float:
     return math.fsum(v * math.log(v / p[k]) for k, v in q.items() if v > 0)
 
 
-def pooled(method, runs: int, particles: int, **opts) -> tuple[dict[str, float], float]:
+def pooled(
+    method, runs: int, particles: int, max_tokens: int = MAX_TOKENS, **opts
+) -> tuple[dict[str, float], float]:
     """Distribution of all runs' weighted samples (each run weighted by its evidence) and the
     pooled effective sample size."""
     weights: dict[str, float] = {}
@@ -104,7 +109,7 @@ def pooled(method, runs: int, particles: int, **opts) -> tuple[dict[str, float],
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ppl.InferenceWarning)
         for seed in range(runs):
-            post = method(parens, particles=particles, seed=seed, **opts)
+            post = method(parens, max_tokens, particles=particles, seed=seed, **opts)
             if post.log_evidence == -math.inf:
                 continue
             z = math.exp(post.log_evidence)
@@ -134,20 +139,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--particles", type=int, default=16)
     parser.add_argument("--plot", default="benchmarks/results/distortion.png")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--max-tokens", type=int, default=MAX_TOKENS, help="T (the enumeration grows as 6^T)"
+    )
+    args = parse_args(parser, runs=4, particles=4, max_tokens=4, plot=None)
+    if args.plot is None:  # --smoke: leave the results folder alone
+        args.plot = os.path.join(tempfile.mkdtemp(prefix="ppl_smoke_"), "distortion.png")
 
-    p = exact_conditional()
-    rows = [("mask-and-renormalise", kl(mask_and_renormalise(), p), None)]
+    p = exact_conditional(args.max_tokens)
+    rows = [("mask-and-renormalise", kl(mask_and_renormalise(args.max_tokens), p), None)]
     rng = np.random.default_rng(0)
     for name, method, opts in [
         ("ppl importance", ppl.importance, {}),
         ("ppl SMC", ppl.smc, {"ess_threshold": 0.5}),
     ]:
-        q, ess = pooled(method, args.runs, args.particles, **opts)
+        q, ess = pooled(method, args.runs, args.particles, args.max_tokens, **opts)
         reference = float(np.quantile(null_kl(p, int(ess), 2000, rng), 0.99))
         rows.append((name, kl(q, p), reference))
 
-    print(f"grammar: {GRAMMAR.source!r}; {len(p)} texts within {MAX_TOKENS} tokens")
+    print(f"grammar: {GRAMMAR.source!r}; {len(p)} texts within {args.max_tokens} tokens")
     print(f"{args.runs} runs x {args.particles} particles for IS and SMC\n")
     print(f"{'decoder':24}{'KL(Q || P)':>12}{'sampling-error 99% bound':>27}")
     for name, value, reference in rows:

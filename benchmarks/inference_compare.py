@@ -20,7 +20,7 @@ the number of distinct texts in it, the log-evidence estimate (MH has none), for
 tokens fed and seconds. The defaults finish in a few minutes on two CPU cores, loading included.
 
 Run: `python benchmarks/inference_compare.py [--tokens 12] [--particles 8] [--children 2]
-[--budget 72] [--seed 0]`.
+[--budget 72] [--seed 0] [--smoke]` (`--smoke`: a character-level toy model, T = 3, N = 2).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
+
+from _smoke import parse_args, toy_lm
 
 import ppl
 from ppl import condition, program, sample
@@ -99,13 +101,13 @@ def main() -> None:
     ap.add_argument("--children", type=int, default=2, help="K, children for smc_steer")
     ap.add_argument("--budget", type=int, default=None, help="B, forward calls (default 6T)")
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = parse_args(ap, tokens=3, particles=2)
     n, t = a.particles, a.tokens
     budget = a.budget if a.budget is not None else 6 * t
     if budget < t:
         ap.error(f"the budget ({budget} calls) must cover one SMC run (T = {t} calls)")
     t0 = time.perf_counter()
-    lm = ppl.models.load()
+    lm = toy_lm() if a.smoke else ppl.models.load()
     print(f"model loaded in {time.perf_counter() - t0:.1f} s")
     prompt = lm.chat("Tell me a story for a small child.")
     rows: list[Row] = []

@@ -19,7 +19,8 @@ one seed, so they draw the same tokens and do the same work, unless rounding dif
 the caches' batch layouts tip a draw: the script says when their final particles differ.
 
 Run: `python benchmarks/kv_memory.py [--particles 64] [--tokens 100 300] [--seed 0]
-[--kv-cache batch paged] [--kv-block 16]`.
+[--kv-cache batch paged] [--kv-block 16] [--smoke]` (`--smoke`: a tiny random Llama in place of
+the embedded model, N = 4, T = 4, blocks of 4 tokens).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import gc
 import time
 
+from _smoke import parse_args, tiny_hf_lm
 from smc_vs_generate import short_words_fixed  # the same task, exactly T tokens
 
 import ppl
@@ -64,10 +66,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kv-cache", nargs="+", default=["batch", "paged"])
     parser.add_argument("--kv-block", type=int, default=16)
-    args = parser.parse_args()
-    loaded = ppl.models.load()
+    args = parse_args(parser, particles=[4], tokens=[4], kv_block=4)
+    loaded = tiny_hf_lm() if args.smoke else ppl.models.load()
     print(
-        f"embedded model: {loaded.kv_bytes_per_token} bytes of keys and values per token; "
+        f"{'tiny' if args.smoke else 'embedded'} model: {loaded.kv_bytes_per_token} bytes of "
+        "keys and values per token; "
         f"paged blocks of {args.kv_block} tokens"
     )
     print(

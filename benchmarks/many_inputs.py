@@ -14,7 +14,8 @@ so a mapped item may differ from the looped one where a draw sat on a rounding b
 benchmark counts the items whose texts and weights came out identical.
 
 Run: `python benchmarks/many_inputs.py [--items 32] [--particles 8] [--max-tokens 24]
-[--reps 3] [--device cpu]`.
+[--reps 3] [--device cpu] [--smoke]` (`--smoke`: a character-level toy model, 3 items x 2
+particles, at most 4 tokens).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import warnings
 
 import torch
+from _smoke import parse_args, toy_lm
 
 import ppl
 from ppl import condition, program, sample
@@ -81,16 +83,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=256, help="map's row budget")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parse_args(parser, items=3, particles=2, max_tokens=4, reps=1)
     warnings.simplefilter("ignore", ppl.InferenceWarning)
 
-    lm = ppl.models.load(device=args.device)
+    lm = toy_lm() if args.smoke else ppl.models.load(device=args.device)
     topics = (TOPICS * (args.items // len(TOPICS) + 1))[: args.items]
     inputs = [(lm, lm.chat(f"Tell me a story about {t}."), args.max_tokens) for t in topics]
     # record=False: the loop runs as ppl.map runs each item (without a per-step record)
     n, kw = args.particles, {"particles": args.particles, "progress": False, "record": False}
     print(
-        f"{lm.spec} model on {lm.device}, {torch.get_num_threads()} threads: "
+        f"{getattr(lm, 'spec', None) or type(lm).__name__} model on "
+        f"{getattr(lm, 'device', 'cpu')}, {torch.get_num_threads()} threads: "
         f"{len(inputs)} items x {n} particles, at most {args.max_tokens} tokens, "
         f"row budget {args.rows}"
     )

@@ -7,7 +7,8 @@ embedded model, for each schema and N in `--particles`, this runs SMC over `--se
 reports the share of runs with at least one valid particle, the mean number of valid finished
 particles, and the spread (standard deviation) of log Z over the runs that found one.
 
-Run: `python benchmarks/relaxed_efficiency.py [--particles 8 32] [--seeds 10] [--tokens 48]`.
+Run: `python benchmarks/relaxed_efficiency.py [--particles 8 32] [--seeds 10] [--tokens 48]
+[--smoke]` (`--smoke`: a character-level toy model, N = 2, one seed, at most 12 tokens).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 import statistics
 import time
 import warnings
+
+from _smoke import parse_args, toy_lm
 
 import ppl
 
@@ -73,8 +76,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    lm = ppl.models.load(device=args.device)
+    args = parse_args(parser, particles=[2], seeds=1, tokens=12)
+    lm = toy_lm() if args.smoke else ppl.models.load(device=args.device)
     header = f"{'schema':26}{'N':>4}{'runs with a valid text':>24}{'valid / run':>13}"
     print(header + f"{'sd of log Z':>13}{'s / run':>9}")
     for name, (question, schema) in SCHEMAS.items():

@@ -8,7 +8,8 @@ resampling. Reported per particle-step (one token choice of one particle).
 A second measurement forks particles after different numbers of steps: a fork copies the
 particle's frames (its local variables), so its cost depends on the size of the program's state,
 never on how many steps the particle has taken. A third times the first and the last passes of
-a loop of 1,000 passes with a choice in each: a pass costs the same at the end as at the start.
+a loop of 1,000 passes (`--loop`) with a choice in each: a pass costs the same at the end as at
+the start.
 
 With `--against REV` the same measurements run on ppl as it was at git revision REV (imported
 under another name) and on ppl as it is, interleaved in one process, and each figure is given
@@ -16,6 +17,7 @@ as the median of the repeats and the ratio now/then: a change's cost, free of th
 shared machine between two runs.
 
     python benchmarks/scheduler_overhead.py [--particles 1000] [--steps 200] [--repeats 3]
+        [--loop 1000] [--smoke]
     python benchmarks/scheduler_overhead.py --against HEAD~1 --repeats 7
 """
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _smoke import parse_args
 
 import ppl
 
@@ -136,9 +139,10 @@ class Bench:
             out[t] = (time.perf_counter() - start) / forks * 1e6
         return out
 
-    def drift(self, particles: int = 100, steps: int = 1000, window: int = 100) -> tuple:
-        """Microseconds per particle-step over the first and the last `window` passes of a loop
-        of `steps` passes with a choice in each (medians of the passes)."""
+    def drift(self, particles: int, steps: int) -> tuple:
+        """Microseconds per particle-step over the first and the last tenth of the passes of a
+        loop of `steps` passes with a choice in each (medians of the passes)."""
+        window = max(steps // 10, 1)
         engine = self.Engine(self.walk, (steps,), {}, seed=0)
         ps = engine.new_particles(particles)
         times = []
@@ -151,7 +155,7 @@ class Bench:
         last = statistics.median(times[-window:])
         return first / particles * 1e6, last / particles * 1e6
 
-    def figures(self, particles: int, steps: int) -> dict[str, float]:
+    def figures(self, particles: int, steps: int, loop: int) -> dict[str, float]:
         """One round of every measurement, by name (each after a full garbage collection)."""
         gc.collect()
         out = {}
@@ -163,11 +167,12 @@ class Bench:
             self.walk_weighted, particles, steps, 1.0
         )
         gc.collect()
-        first, last = self.drift()
-        out["loop of 1000: passes 1-100"] = first
-        out["loop of 1000: passes 901-1000"] = last
+        first, last = self.drift(max(particles // 10, 1), loop)
+        window = max(loop // 10, 1)
+        out[f"loop of {loop}: passes 1-{window}"] = first
+        out[f"loop of {loop}: passes {loop - window + 1}-{loop}"] = last
         gc.collect()
-        for t, c in self.fork_cost([1, 200]).items():
+        for t, c in self.fork_cost([1, steps]).items():
             out[f"fork after {t} steps"] = c
         return out
 
@@ -195,8 +200,11 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--loop", type=int, default=1000, help="passes of the drift loop (particles / 10 each)"
+    )
     parser.add_argument("--against", metavar="REV", help="also measure ppl at git revision REV")
-    args = parser.parse_args()
+    args = parse_args(parser, particles=20, steps=10, repeats=1, loop=50)
     n, t = args.particles, args.steps
     benches = {"now": Bench(ppl)}
     if args.against:
@@ -206,7 +214,7 @@ def main() -> None:
         # interleaved, in turns first, so that both see the same machine and the same heap
         order = list(benches.items())
         for name, bench in order[::-1] if r % 2 else order:
-            rounds[name].append(bench.figures(n, t))
+            rounds[name].append(bench.figures(n, t, args.loop))
     medians = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()
     }
@@ -223,7 +231,7 @@ def main() -> None:
     else:
         for k, v in now.items():
             print(f"  {k:40s} {v:10.2f}")
-    first, last = now["loop of 1000: passes 1-100"], now["loop of 1000: passes 901-1000"]
+    first, last = (v for k, v in now.items() if k.startswith("loop of"))
     print(f"  a loop's last passes cost {last / first:.2f}x its first")
 
 

@@ -29,7 +29,7 @@ Get the suite from https://github.com/json-schema-org/JSON-Schema-Test-Suite: th
 the top of `tests/draft2020-12/` (not `optional/`). Run:
 
     python benchmarks/schema_suite.py SUITE_DIR [--particles 4] [--max-tokens 60]
-        [--timeout 5] [--limit N] [--seed 0] [--json out.json]
+        [--timeout 5] [--limit N] [--seed 0] [--json out.json] [--smoke]
 
 where SUITE_DIR holds those files (e.g. a checkout's `tests/draft2020-12`).
 """
@@ -54,6 +54,7 @@ from typing import Any
 import jsonschema
 import referencing
 import torch
+from _smoke import parse_args
 from jsonschema import Draft202012Validator
 
 import ppl
@@ -344,7 +345,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N groups")
     parser.add_argument("--seed", type=int, default=0, help="group i runs with seed + i")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = parser.parse_args()
+    args = parse_args(parser, particles=2, max_tokens=24, limit=4)
 
     groups = load_groups(args.suite)[: args.limit]
     lm = toy_lm()

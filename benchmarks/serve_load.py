@@ -17,7 +17,9 @@ Every answer is checked against the schema with `jsonschema`; a 422 (no particle
 within 48 tokens) counts as answered, and is reported.
 
 Run alone (the 2 cores are the server's): `python benchmarks/serve_load.py [--requests 32]
-[--concurrency 1 8 32]`.
+[--concurrency 1 8 32] [--max-tokens 48] [--model embedded|hf:NAME] [--smoke]` (`--smoke`: a
+tiny random Llama written to a temporary folder and served as `hf:FOLDER`, 2 requests at
+concurrency 1 and 2, at most 16 tokens).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import jsonschema
+from _smoke import parse_args, save_tiny_hf
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = {
@@ -68,11 +72,11 @@ def scrape(url: str) -> dict[str, float]:
     }
 
 
-def one(url: str, seed: int) -> tuple[float, int, int, str]:
+def one(url: str, seed: int, model: str, max_tokens: int) -> tuple[float, int, int, str]:
     body = {
-        "model": "embedded",
+        "model": model,
         "messages": [{"role": "user", "content": "Invent a person. Answer in JSON."}],
-        "max_tokens": 48,
+        "max_tokens": max_tokens,
         "seed": seed,
         "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}},
         "ppl": {"particles": 8},
@@ -90,12 +94,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--model", default="embedded", help="embedded or hf:NAME")
+    args = parse_args(parser, requests=2, concurrency=[1, 2], max_tokens=16)
+    with tempfile.TemporaryDirectory(prefix="ppl_smoke_") as folder:
+        if args.smoke:
+            args.model = f"hf:{save_tiny_hf(folder)}"
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Serve `args.model` and measure it at each concurrency of `args`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "ppl.cli", "serve", "--port", str(port), "--max-running", "32"],
+        [sys.executable, "-m", "ppl.cli", "serve", "--port", str(port), "--max-running", "32",
+         "--model", args.model],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
@@ -103,7 +118,8 @@ def main() -> None:
         if "ready" not in line:
             raise SystemExit(f"the server did not start: {line!r}")
         url = f"http://127.0.0.1:{port}"
-        one(url, 10**6)  # warm-up: the first constrained request starts the compile workers
+        # warm-up: the first constrained request starts the compile workers
+        one(url, 10**6, args.model, args.max_tokens)
         rows = []
         seed = 0
         for c in args.concurrency:
@@ -112,7 +128,7 @@ def main() -> None:
             seed += args.requests
             start = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(c) as pool:
-                results = list(pool.map(lambda s: one(url, s), seeds))
+                results = list(pool.map(lambda s: one(url, s, args.model, args.max_tokens), seeds))
             wall = time.perf_counter() - start
             after = scrape(url)
             latencies = sorted(r[0] for r in results)

@@ -26,7 +26,8 @@ On a GPU (`--device cuda`) it also reports
 eager on the CPU).
 
 Run: `make bench`, or `python benchmarks/smc_vs_generate.py [--reps 3] [--device cpu]
-[--warmup K] [--step auto] [--cold] [--reference]`.
+[--warmup K] [--step auto] [--cold] [--reference] [--smoke]` (`--smoke`: a tiny random Llama in
+place of the embedded model, N = 2, T = 3).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 import warnings
 
 import torch
+from _smoke import parse_args, tiny_hf_lm
 
 import ppl
 from ppl import condition, program, sample
@@ -135,10 +137,11 @@ def main() -> None:
         action="store_true",
         help="time a static-cache generate step (default: on a GPU)",
     )
-    args = parser.parse_args()
+    args = parse_args(parser, particles=[2], tokens=[3], reps=1, warmup=0)
 
     torch.set_num_threads(torch.get_num_threads())
-    lm = ppl.models.load(device=args.device, step=args.step)
+    load = tiny_hf_lm if args.smoke else ppl.models.load
+    lm = load(device=args.device, step=args.step)
     cuda = lm.device.type == "cuda"
     if args.warmup is None:
         args.warmup = 4 if cuda else 1
@@ -146,8 +149,8 @@ def main() -> None:
     prompt = lm.chat("Tell me a story.")
     prompt_ids = lm.encode(prompt)
     print(
-        f"embedded model on {lm.device} ({lm.model.dtype}), step {lm.step!r}, prompt "
-        f"{len(prompt_ids)} tokens, {torch.get_num_threads()} threads"
+        f"{'tiny' if args.smoke else 'embedded'} model on {lm.device} ({lm.model.dtype}), "
+        f"step {lm.step!r}, prompt {len(prompt_ids)} tokens, {torch.get_num_threads()} threads"
     )
     with torch.inference_mode():  # CUDA and the model's first kernels, before any timing
         lm.model(input_ids=torch.tensor([prompt_ids[:1]], device=lm.device))

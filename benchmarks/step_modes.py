@@ -14,7 +14,9 @@ Two measurements on the embedded model, in one process:
    whether ppl should compile there; skip it with `--no-compile`.
 
 Run: `python benchmarks/step_modes.py [--device cpu] [--particles 16 64] [--tokens 30]
-[--reps 3] [--no-compile]`.
+[--reps 3] [--no-compile] [--smoke]` (`--smoke`: a tiny random Llama in place of the embedded
+model, N = 2, T = 3, compiled with the "eager" backend of `torch.compile`, which traces the
+model but generates no code).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import warnings
 
 import torch
+from _smoke import parse_args, tiny_hf_lm
 from smc_vs_generate import run_generate, short_words_fixed
 
 import ppl
@@ -50,14 +53,14 @@ def generate_seconds(lm, ids: list[int], n: int, t: int) -> float:
     return time.perf_counter() - start
 
 
-def compiling(lm, on: bool) -> None:
+def compiling(lm, on: bool, backend: str = "inductor") -> None:
     """Make static-cache `generate` compile the model's forward (`on`) or run it eagerly."""
     from transformers import CompileConfig
 
     config = lm.model.generation_config
     if on:
         config.compile_config = CompileConfig(
-            mode="default" if lm.device.type == "cpu" else "reduce-overhead"
+            mode="default" if lm.device.type == "cpu" else "reduce-overhead", backend=backend
         )
         config.compile_config._compile_all_devices = True  # else: accelerators only
     config.disable_compile = not on
@@ -70,14 +73,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[30])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, particles=[2], tokens=[3], reps=1)
 
-    base = ppl.models.load(device=args.device)
+    base = tiny_hf_lm(device=args.device) if args.smoke else ppl.models.load(device=args.device)
     modes = ["eager", "buckets"] + (["graphs"] if base.device.type == "cuda" else [])
     lms = {m: HFModel(base.model, base.tokenizer, step=m) for m in modes}
     prompt = base.chat("Tell me a story.")
     print(
-        f"embedded model on {base.device} ({base.model.dtype}), "
+        f"{'tiny' if args.smoke else 'embedded'} model on {base.device} ({base.model.dtype}), "
         f"{torch.get_num_threads()} threads; SMC ms per step:"
     )
     print(f"{'N':>4} {'T':>4}  " + "  ".join(f"{m:>8}" for m in modes) + "  shapes met")
@@ -110,7 +113,7 @@ def main() -> None:
             row = []
             for compiled in (False, True):
                 torch._dynamo.reset()
-                compiling(base, compiled)
+                compiling(base, compiled, "eager" if args.smoke else "inductor")
                 first = generate_seconds(base, ids, n, t)
                 warm = {}
                 for tokens in (1, t):

@@ -29,6 +29,7 @@ from ppl.compiler import Code, Program, Site
 from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken, Token
 from ppl.distributions import Proposed
 from ppl.loops import PLAIN_ITERATORS, copy_iterator
+from ppl.models.base import check_fed
 from ppl.primitives import PRIMITIVES, parse_args
 from ppl.runtime import _IN_COMPILED, as_log_weight, generators, raised_by_ppl
 from ppl.trace import Choice, Trace
@@ -410,7 +411,7 @@ class Engine:
             for ctx in p.pending[1]._contexts():
                 by_lm.setdefault(id(ctx.lm), (ctx.lm, []))[1].append(ctx)
         for lm, contexts in by_lm.values():
-            fed = lm.compute_logprobs(contexts)
+            fed = check_fed(lm, lm.compute_logprobs(contexts))
             self.forward_calls += fed.calls
             self.tokens_fed += fed.tokens
         # draws, batched by kind of token distribution (plain, proposal, constrained, ...)

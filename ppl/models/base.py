@@ -81,6 +81,40 @@ class Fed(NamedTuple):
     tokens: int
 
 
+def describe(value: Any) -> str:
+    """What a backend returned, for an error message: its type, with the shape of a tensor and
+    the length and items of a tuple or list (cheap: no look at a tensor's elements)."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(_describe_item(v) for v in value[:3])
+        more = ", ..." if len(value) > 3 else ""
+        return f"a {type(value).__name__} of {len(value)} ({items}{more})"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+
+
+def _describe_item(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return describe(value)
+
+
+def check_fed(lm: LanguageModel, fed: Any) -> Fed:
+    """`fed`, what `lm.compute_logprobs` returned, if it is a `Fed`; else a `TypeError` that
+    names the protocol and what came back (a subclass that overrides `compute_logprobs` and
+    returns nothing would otherwise fail inside the engine)."""
+    if isinstance(fed, Fed):
+        return fed
+    raise TypeError(
+        f"{type(lm).__name__}.compute_logprobs broke the LanguageModel protocol: it must feed "
+        "the contexts and return what that cost, a ppl.models.base.Fed(calls, tokens); it "
+        f"returned {describe(fed)}"
+    )
+
+
 #: Where `compute_logprobs` sends its contexts instead of the model, when set: a function
 #: `(lm, contexts) -> Fed`. `ppl.map` sets it in each input's own execution context, so the
 #: model calls of many runs in flight are answered by one batched call (`ppl.workloads.batch`).
@@ -167,7 +201,8 @@ class LanguageModel(ABC):
         """Feed `new_tokens[i]` after state `parents[i]` (None: the empty sequence).
 
         Returns the new states and a float tensor of shape `[len(parents), vocab_size]` holding
-        normalised next-token log-probabilities (on the CPU).
+        normalised next-token log-probabilities (on the CPU). Each call's answer is checked
+        (its types, lengths and shape): a wrong one raises a `TypeError` naming this method.
         """
 
     def _extend_scored(
@@ -179,18 +214,18 @@ class LanguageModel(ABC):
         Backends that see every position in their forward pass override this to score in the
         same call. This fallback feeds the scored rows again, one token at a time.
         """
-        states, logprobs = self._extend(parents, new_tokens)
+        states, logprobs = self._extend_checked(parents, new_tokens)
         scores: list[torch.Tensor | None] = []
         for parent, tokens, wanted in zip(parents, new_tokens, score):
             if not wanted:
                 scores.append(None)
                 continue
             row = []
-            (state,), lp = self._extend([parent], [tokens[:1]])
+            (state,), lp = self._extend_checked([parent], [tokens[:1]])
             for k, tok in enumerate(tokens[1:], 2):
                 row.append(float(lp[0, tok]))
                 if k < len(tokens):
-                    (state,), lp = self._extend([state], [[tok]])
+                    (state,), lp = self._extend_checked([state], [[tok]])
             scores.append(torch.tensor(row))
         return states, logprobs, scores
 
@@ -284,7 +319,7 @@ class LanguageModel(ABC):
             return [], torch.empty(0, self.vocab_size)
         self.forward_calls += 1
         self.tokens_fed += sum(len(t) for t in new_tokens)
-        return self._extend(parents, new_tokens)
+        return self._extend_checked(parents, new_tokens)
 
     def extend_scored(
         self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool]
@@ -292,7 +327,44 @@ class LanguageModel(ABC):
         """`_extend_scored` with the counters kept: one call, however many rows it scores."""
         self.forward_calls += 1
         self.tokens_fed += sum(len(t) for t in new_tokens)
-        return self._extend_scored(parents, new_tokens, score)
+        out = self._extend_scored(parents, new_tokens, score)
+        self._check_extended("_extend_scored", out, len(parents), scored=True)
+        return out
+
+    def _extend_checked(
+        self, parents: list[Any], new_tokens: list[list[int]]
+    ) -> tuple[list[Any], torch.Tensor]:
+        """`_extend`, with what it returned checked against the protocol."""
+        out = self._extend(parents, new_tokens)
+        self._check_extended("_extend", out, len(parents))
+        return out
+
+    def _check_extended(self, method: str, out: Any, rows: int, *, scored: bool = False) -> None:
+        """Raise a `TypeError` naming the protocol if `out`, what `method` returned for `rows`
+        rows, is not (states, log-probabilities[, scores]) of the right lengths and shape.
+
+        It runs on every forward pass, so it looks at types, lengths and shapes only."""
+        parts = 3 if scored else 2
+        if isinstance(out, (tuple, list)) and len(out) == parts:
+            states, logprobs = out[0], out[1]
+            if (
+                isinstance(logprobs, torch.Tensor)
+                and logprobs.shape == (rows, self.vocab_size)
+                and logprobs.is_floating_point()
+                and hasattr(states, "__len__")
+                and len(states) == rows
+                and (not scored or (hasattr(out[2], "__len__") and len(out[2]) == rows))
+            ):
+                return
+        must = "states, log-probabilities tensor of shape [rows, vocab_size]"
+        here = f"a list of {rows} states and a float tensor of shape [{rows}, {self.vocab_size}]"
+        if scored:
+            must += ", scores"
+            here = here.replace(" and ", ", ") + f" and a list of {rows} scores (tensor or None)"
+        raise TypeError(
+            f"{type(self).__name__}.{method} broke the LanguageModel protocol: it must return "
+            f"({must}), here {here}; it returned {describe(out)}"
+        )
 
     def compute_logprobs(self, contexts: Sequence[Context], *, max_rows: int | None = None) -> Fed:
         """Make sure every context knows its next-token log-probabilities: one batched call.
