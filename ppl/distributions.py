@@ -6,7 +6,9 @@ A distribution is any object with
 * `log_prob(value) -> float`
 
 and optionally `support_error(value) -> str | None`: None when `value` is one the distribution
-could give, else a sentence saying what its values are. `observe` asks it (`check_value`) and
+could give, else a sentence saying what its values are; and `enumerate_support() -> list | None`:
+every value of positive probability when there are finitely many, else None (`ppl.exact`
+enumerates the choices of such distributions). `observe` asks it (`check_value`) and
 raises a `TypeError` that names the user's line, the distribution and the value, so that a value
 of the wrong kind (`observe(Bernoulli(0.9), "False")`, whose string is truthy) is never scored
 as some other value. `log_prob` itself is total: -inf for any value outside the support.
@@ -52,6 +54,10 @@ class Distribution:
 
         `observe` raises with this sentence (see `check_value`); the base class accepts all.
         """
+        return None
+
+    def enumerate_support(self) -> list[Any] | None:
+        """Every value of positive probability when there are finitely many, else None."""
         return None
 
     def __deepcopy__(self, memo: dict) -> Distribution:
@@ -163,6 +169,9 @@ class Bernoulli(Distribution):
         hint = "; a string is not read as a truth value" if isinstance(value, str) else ""
         return f"a Bernoulli's values are True and False (or 1 and 0){hint}"
 
+    def enumerate_support(self) -> list[Any]:
+        return [v for v, q in ((False, 1.0 - self.p), (True, self.p)) if q > 0]
+
     def __repr__(self) -> str:
         return f"Bernoulli({self.p})"
 
@@ -207,6 +216,14 @@ class Categorical(Distribution):
         shown = ", ".join(repr(v) for v in self.values[:8])
         more = f", ... ({len(self.values)} in all)" if len(self.values) > 8 else ""
         return f"its values are {shown}{more}"
+
+    def enumerate_support(self) -> list[Any]:
+        """Each value once (the first of equal ones), if its probability is positive."""
+        out: list[Any] = []
+        for v in self.values:
+            if not any(_equal(u, v) for u in out) and self.log_prob(v) > -math.inf:
+                out.append(v)
+        return out
 
     def __repr__(self) -> str:
         return f"Categorical({self.values!r}, {self.probs.round(4).tolist()})"
@@ -390,6 +407,15 @@ class NumPyro(Distribution):
                 return f"its support is {support}"
         return None
 
+    def enumerate_support(self) -> list[Any] | None:
+        """The values of a scalar NumPyro distribution with `has_enumerate_support`
+        (Bernoulli, Categorical, Binomial, ...), those of positive probability."""
+        d = self.dist
+        if not getattr(d, "has_enumerate_support", False) or d.batch_shape or d.event_shape:
+            return None
+        values = [_to_python(v) for v in np.asarray(d.enumerate_support(expand=False))]
+        return [v for v in values if self.log_prob(v) > -math.inf]
+
     def __repr__(self) -> str:
         return f"NumPyro({type(self.dist).__name__})"
 
@@ -431,6 +457,11 @@ class Proposed(Distribution):
     def support_error(self, value: Any) -> str | None:
         check = getattr(self.target, "support_error", None)
         return check(value) if check is not None else None
+
+    def enumerate_support(self) -> list[Any] | None:
+        """The target's (a proposal changes how a choice is drawn, not its values)."""
+        enumerate_support = getattr(self.target, "enumerate_support", None)
+        return enumerate_support() if enumerate_support is not None else None
 
     def log_weight(self, value: Any) -> float:
         log_p = float(self.target.log_prob(value))

@@ -1,5 +1,6 @@
 """Inference algorithms over compiled programs, and the `Posterior` they return."""
 
+from ppl.inference.exact import NotEnumerable, exact
 from ppl.inference.metropolis import MHKernel, Proposal, Restart, UniformToken, mh
 from ppl.inference.notices import InferenceWarning
 from ppl.inference.particle_mcmc import pgibbs, pimh
@@ -12,6 +13,8 @@ __all__ = [
     "InferenceWarning",
     "importance",
     "smc",
+    "exact",
+    "NotEnumerable",
     "smc_steer",
     "mh",
     "pimh",

@@ -187,6 +187,10 @@ def _catching_frame(frames: list[Frame], e: Exception, top: int) -> Frame:
     raise e
 
 
+# the method that interprets each primitive but `sample` and `observe`
+_METHODS = {"factor": "_factor", "condition": "_condition", "twist": "_twist"}
+
+
 class ProgramError(Exception):
     """A particle's program raised; the original exception is the cause."""
 
@@ -258,6 +262,14 @@ class Engine:
             p.pending = None
 
     def _run(self, p: Particle) -> None:
+        """Run `p` until it suspends at a language-model choice, dies or returns.
+
+        Each block of the top frame runs until it returns, jumps or reaches a site; a site of a
+        primitive goes to that primitive's method (`_sample`, `_observe`, `_factor`,
+        `_condition`, `_twist`), which returns True when the particle stops there (a pending
+        choice, or a weight of -inf). An exception the code raises, in a block or at a site,
+        goes to the innermost `try` of the frames that catches it.
+        """
         frames = p.frames
         frame = frames[-1]
         while True:
@@ -283,27 +295,10 @@ class Engine:
                 site = frame.code.sites[site_id]
                 kind = _primitive_kind(callee)
                 if kind is None:
-                    if isinstance(callee, Program) and callee.outer is not None:
-                        # a function nested in a program: its choices count in the scope of
-                        # the call it was made in, as a plain function's do in a direct run
-                        L = callee.code.bind(args, kwargs, share=True)
-                        L["__outer"] = callee.outer
-                        frame = Frame(
-                            callee.code, 0, L, target, frame.prefix, frame.counts, frame.fixed
-                        )
-                        frames.append(frame)
-                    elif isinstance(callee, Program):
-                        prefix = self._address(frame, site, None) + "/"
-                        fixed = frame.fixed
-                        if callee.fixed:
-                            fixed = (*fixed, (prefix, callee.fixed))
-                        code = callee.code
-                        frame = Frame(
-                            code, 0, code.bind(args, kwargs, share=True), target, prefix, {}, fixed
-                        )
-                        frames.append(frame)
-                    else:  # a local holding a plain callable
-                        frame.L[target] = callee(*args, **kwargs)
+                    called = self._call(frame, site, target, callee, args, kwargs)
+                    if called is not None:
+                        frames.append(called)
+                        frame = called
                     continue
                 if kind == "condition" and args and isinstance(args[-1], Mapping):
                     frame.L[target] = callee(*args, **kwargs)  # the handler form: a value, no site
@@ -327,53 +322,107 @@ class Engine:
                         if value is not _UNFIXED:
                             kind = "observe"  # a choice fixed by condition(): an observation
                     if kind == "sample":
-                        if isinstance(obj, NextToken):
-                            p.pending = ("sample", obj, target, site, name, None, address)
-                            return
-                        if isinstance(obj, Continuation):
-                            raise TypeError(f"sample() at {site}: {SAMPLE_CONTINUATION}")
-                        value = obj.sample(self.rng)
-                        log_p = float(obj.log_prob(value))
-                        p.trace = _Trace(p.trace, Choice(site, name, value, log_p, address))
-                        frame.L[target] = value
-                        if obj.__class__ is Proposed:
-                            log_w = as_log_weight(obj.log_weight(value), f"sample() at {site}")
-                            if self._reweight(p, log_w, site):
-                                return
-                        continue
-                    if isinstance(obj, NextToken):
-                        p.pending = ("observe", obj, target, site, name, value, address)
-                        return
-                    if isinstance(obj, Continuation):  # its tokens are fed with the step's call
-                        try:
-                            scored = obj.observing(value)
-                        except (TypeError, ValueError) as e:
-                            raise type(e)(f"observe() at {site}: {e}") from None
-                        p.pending = ("observe", scored, target, site, name, value, address)
-                        return
-                    log_w = as_log_weight(obj.log_prob(value), f"observe() at {site}")
-                    p.log_likelihood += log_w
-                    frame.L[target] = value
-                elif kind == "twist":
-                    log_w = as_log_weight(obj, f"twist() at {site}")
-                    if log_w == -math.inf:
-                        raise ValueError(f"twist() at {site}: the twist is -inf; use condition()")
-                    p.twist += log_w
-                    frame.L[target] = None
-                elif kind == "factor":
-                    self._address(frame, site, name)
-                    log_w = as_log_weight(obj, f"factor() at {site}")
-                    p.log_likelihood += log_w
-                    frame.L[target] = None
-                else:  # condition
-                    self._address(frame, site, name)
-                    log_w = 0.0 if obj else -math.inf
-                    p.log_likelihood += log_w
-                    frame.L[target] = None
-                if self._reweight(p, log_w, site):
+                        stopped = self._sample(p, frame, site, target, name, address, obj)
+                    else:
+                        stopped = self._observe(p, frame, site, target, name, address, obj, value)
+                else:
+                    if kind != "twist":
+                        self._address(frame, site, name)  # counted, for the sites after it
+                    method = getattr(self, _METHODS[kind])  # a subclass's own, where it has one
+                    stopped = method(p, frame, site, target, obj)
+                if stopped:
                     return
             except Exception as e:  # raised at the site: the frame's own `try` may catch it
                 frame = _catching_frame(frames, e, len(frames) - 1)
+
+    def _call(
+        self, frame: Frame, site: Site, target: str, callee: Any, args: tuple, kwargs: dict
+    ) -> Frame | None:
+        """A call of a program: the frame to push. A call of a plain callable: None, its value
+        stored in `frame`, which goes on."""
+        if isinstance(callee, Program) and callee.outer is not None:
+            # a function nested in a program: its choices count in the scope of the call it
+            # was made in, as a plain function's do in a direct run
+            L = callee.code.bind(args, kwargs, share=True)
+            L["__outer"] = callee.outer
+            return Frame(callee.code, 0, L, target, frame.prefix, frame.counts, frame.fixed)
+        if isinstance(callee, Program):
+            prefix = self._address(frame, site, None) + "/"
+            fixed = frame.fixed
+            if callee.fixed:
+                fixed = (*fixed, (prefix, callee.fixed))
+            code = callee.code
+            return Frame(code, 0, code.bind(args, kwargs, share=True), target, prefix, {}, fixed)
+        frame.L[target] = callee(*args, **kwargs)  # a local holding a plain callable
+        return None
+
+    # -- the primitives: each is told where it was met (the site, the local its value goes to,
+    # -- and for a choice its name and address) and returns True when the particle stops there
+
+    def _sample(
+        self, p: Particle, frame: Frame, site: Site, target: str, name: str | None, address: str,
+        dist: Any,
+    ) -> bool:  # fmt: skip
+        """A choice: a token waits for the step's batched call; any other is drawn here from
+        its own distribution (the weight is unchanged) or from a proposal (`Proposed`: the
+        weight gains log p - log q)."""
+        if isinstance(dist, NextToken):
+            p.pending = ("sample", dist, target, site, name, None, address)
+            return True
+        if isinstance(dist, Continuation):
+            raise TypeError(f"sample() at {site}: {SAMPLE_CONTINUATION}")
+        value = dist.sample(self.rng)
+        log_p = float(dist.log_prob(value))
+        p.trace = _Trace(p.trace, Choice(site, name, value, log_p, address))
+        frame.L[target] = value
+        if dist.__class__ is Proposed:
+            log_w = as_log_weight(dist.log_weight(value), f"sample() at {site}")
+            return self._reweight(p, log_w, site)
+        return False
+
+    def _observe(
+        self, p: Particle, frame: Frame, site: Site, target: str, name: str | None, address: str,
+        dist: Any, value: Any,
+    ) -> bool:  # fmt: skip
+        """log dist(value) joins the weight; a token's or a continuation's waits for the step's
+        batched call."""
+        if isinstance(dist, NextToken):
+            p.pending = ("observe", dist, target, site, name, value, address)
+            return True
+        if isinstance(dist, Continuation):  # its tokens are fed with the step's call
+            try:
+                scored = dist.observing(value)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"observe() at {site}: {e}") from None
+            p.pending = ("observe", scored, target, site, name, value, address)
+            return True
+        log_w = as_log_weight(dist.log_prob(value), f"observe() at {site}")
+        p.log_likelihood += log_w
+        frame.L[target] = value
+        return self._reweight(p, log_w, site)
+
+    def _factor(self, p: Particle, frame: Frame, site: Site, target: str, log_w: Any) -> bool:
+        """`log_w` joins the weight."""
+        log_w = as_log_weight(log_w, f"factor() at {site}")
+        p.log_likelihood += log_w
+        frame.L[target] = None
+        return self._reweight(p, log_w, site)
+
+    def _condition(self, p: Particle, frame: Frame, site: Site, target: str, ok: Any) -> bool:
+        """The weight is kept when `ok`, else it is -inf."""
+        log_w = 0.0 if ok else -math.inf
+        p.log_likelihood += log_w
+        frame.L[target] = None
+        return self._reweight(p, log_w, site)
+
+    def _twist(self, p: Particle, frame: Frame, site: Site, target: str, log_w: Any) -> bool:
+        """A twist: in the weight until the particle's next step, then taken out (`smc`)."""
+        log_w = as_log_weight(log_w, f"twist() at {site}")
+        if log_w == -math.inf:
+            raise ValueError(f"twist() at {site}: the twist is -inf; use condition()")
+        p.twist += log_w
+        frame.L[target] = None
+        return self._reweight(p, log_w, site)
 
     @staticmethod
     def _address(frame: Frame, site: Site, name: str | None) -> str:
