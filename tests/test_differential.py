@@ -34,7 +34,9 @@ def test_random_programs_compiled_with_forks_match_cpython():
     assert stats.refused < stats.programs / 3, stats.refusals
     assert stats.forks > 100 and stats.tokens > 500
     assert stats.outcomes["value"] > 200 and stats.outcomes["error"] > 50
-    assert stats.outcomes["killed"] > 5
+    # which programs hypothesis draws depends on the process's hash seed (PYTHONHASHSEED): the
+    # kills range from 2 to 28 over seeds, so this asserts only that some were seen
+    assert stats.outcomes["killed"] > 0
     assert stats.plain_runs > 100
     for feature in (
         "for:count",
