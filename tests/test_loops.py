@@ -226,7 +226,7 @@ def test_forking_inside_a_generator_loop_names_the_loop():
 @pytest.mark.parametrize("taken", [0, 1, 3, 4])
 def test_a_range_iterator_copies_at_its_position_on_every_python(taken):
     # 3.11 pickles a range iterator as (range, position); 3.12 on as (range left, None)
-    from ppl.compiler import _copy_range_iterator
+    from ppl.compiler.state import _copy_range_iterator
 
     it = iter(range(2, 14, 3))
     for _ in range(taken):
