@@ -1,11 +1,12 @@
 """`lm.tempered(T)`: the model whose next-token distributions are p ** (1/T), renormalised.
 
-The references are computed here from the toy model's own function, not through ppl.
+The references are computed here from the toy model's own function, tempered by the formula,
+not through ppl's `Tempered` (the conditioned posterior: `ppl.exact` on a `FunctionLM` of that
+formula).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -96,17 +97,13 @@ def test_the_fingerprint_tells_temperatures_apart(lm):
 
 
 def exact_posterior(temperature, max_tokens):
-    """Every string of [ab]+ that ends with EOS within `max_tokens` tokens, by enumeration:
-    (evidence, {text: posterior probability})."""
-    joint = {}
-    for k in range(1, max_tokens):
-        for ids in itertools.product((A, B), repeat=k):
-            p = 1.0
-            for i, t in enumerate((*ids, EOS)):
-                p *= p_next(ids[:i], temperature)[t]
-            joint["".join(VOCAB[t] for t in ids)] = p
-    z = sum(joint.values())
-    return z, {x: v / z for x, v in joint.items()}
+    """Every string of [ab]+ that ends with EOS within `max_tokens` tokens, under the tempered
+    model written out by the formula: (evidence, {text: posterior probability})."""
+    reference = FunctionLM(
+        VOCAB, lambda prefix: p_next(prefix[1:], temperature), eos="<eos>", bos="<s>"
+    )
+    post = ppl.exact(ppl.generate, reference.context(""), ppl.Regex("[ab]+"), max_tokens=max_tokens)
+    return math.exp(post.log_evidence), post.distribution()
 
 
 @pytest.mark.statistical

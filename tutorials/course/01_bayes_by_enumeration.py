@@ -10,7 +10,9 @@
 #
 # Z, the **evidence** (or marginal likelihood, or normalising constant), is the probability of
 # the observation under the model. Every inference algorithm in the later lessons estimates
-# π and Z; here the model is small enough to compute them exactly, by listing every text.
+# π and Z; here the model is small enough to compute them exactly, by listing every text. We
+# list them by hand first, then let `ppl.exact` do the listing: the later lessons use it as the
+# exact answer that every estimate is compared with.
 #
 # Run this file as a script (`python tutorials/course/01_bayes_by_enumeration.py`) or open it as
 # a notebook (see `tutorials/course/README.md`).
@@ -153,15 +155,37 @@ def program_log_joint(text: str, max_tokens: int = MAX_TOKENS) -> float:
 
 
 # %% [markdown]
+# ## The same enumeration, by `ppl.exact`
+#
+# Listing every execution is mechanical, so ppl does it for any program whose choices all have
+# finitely many values: `ppl.exact(program, *args)` runs the program once per combination of
+# values (each token the model can write at each step, each value of a `Bernoulli` or a
+# `Categorical`), multiplies each execution's probabilities and likelihood terms as above, and
+# returns a `Posterior` whose weights are the exact π and whose `log_evidence` is the exact
+# log Z. It refuses a choice with infinitely many values, and stops past `max_executions`
+# executions (100,000 by default). `post.distribution()` gives {text: π(text)}; `post.stats`
+# counts the executions it forked. Its answer must be the one we computed by hand; `main`
+# asserts that it is.
+
+
+# %%
+def largest_difference(p: dict[str, float], q: dict[str, float]) -> float:
+    """max over texts of |p(text) - q(text)| (a text missing from one has probability 0)."""
+    return max(abs(p.get(t, 0.0) - q.get(t, 0.0)) for t in set(p) | set(q))
+
+
+# %% [markdown]
 # ## Everything together
 
 
 # %%
 def main(max_tokens: int = MAX_TOKENS, top: int = 8) -> dict:
-    """Enumerate the prior, apply Bayes' rule, check it against the program; print a table.
+    """Enumerate the prior, apply Bayes' rule, check it against the program and against
+    `ppl.exact`; print a table.
 
-    Returns the prior, the posterior, Z, and the largest gap between the enumerated log joint
-    and the program's own score over all texts.
+    Returns the prior, the posterior, Z, the largest gap between the enumerated log joint and
+    the program's own score over all texts, and `ppl.exact`'s `Posterior` with its largest
+    differences from the hand enumeration (in π, and in log Z).
     """
     prior_probs = prior(max_tokens)
     z, post = posterior(prior_probs)
@@ -170,6 +194,9 @@ def main(max_tokens: int = MAX_TOKENS, top: int = 8) -> dict:
         joint = p * likelihood(text)
         if joint > 0:
             gap = max(gap, abs(program_log_joint(text, max_tokens) - math.log(joint)))
+    by_ppl = ppl.exact(story, max_tokens)
+    exact_gap = largest_difference(by_ppl.distribution(), post)
+    exact_log_gap = abs(by_ppl.log_evidence - math.log(z))
 
     print(
         f"{len(prior_probs)} texts of at most {max_tokens} tokens; the prior sums to "
@@ -191,17 +218,37 @@ def main(max_tokens: int = MAX_TOKENS, top: int = 8) -> dict:
     print(f"P(text has a 'b'): prior {p_b_prior:.4f} -> posterior {p_b:.4f}")
     print(f"most probable text: prior {most_prior!r} -> posterior {most_post!r}")
     print(f"program score vs enumeration: largest |difference| in log joint = {gap:.1e}")
+    print(
+        f"ppl.exact: {by_ppl.stats['executions']} executions forked (finished or not), "
+        f"{by_ppl.stats['finished']} finished with positive weight; largest |difference| from "
+        f"the enumeration: {exact_gap:.1e} in π, {exact_log_gap:.1e} in log Z"
+    )
     total = math.fsum(post.values())
     agrees = (
         f"agrees with the enumeration to {gap:.0e} in log"
         if gap < 1e-9
         else f"differs from the enumeration by up to {gap:.2g} in log: they disagree"
     )
+    same = max(exact_gap, exact_log_gap)
+    by_exact = (
+        f"`ppl.exact` gives the same posterior and Z to {same:.0e}"
+        if same < 1e-9
+        else f"`ppl.exact` differs from the enumeration by up to {same:.2g}: they disagree"
+    )
     print(
         f"\nClaim: the posterior is prior × likelihood / Z, exactly (Z = {z:.6f}); it sums to "
-        f"{total:.12f}, and the program's own score of every text {agrees}."
+        f"{total:.12f}, the program's own score of every text {agrees}, and {by_exact}."
     )
-    return {"prior": prior_probs, "posterior": post, "log_evidence": math.log(z), "gap": gap}
+    assert same < 1e-9, f"ppl.exact disagrees with the enumeration by {same:.2g}"
+    return {
+        "prior": prior_probs,
+        "posterior": post,
+        "log_evidence": math.log(z),
+        "gap": gap,
+        "exact": by_ppl,
+        "exact_gap": exact_gap,
+        "exact_log_gap": exact_log_gap,
+    }
 
 
 if __name__ == "__main__":

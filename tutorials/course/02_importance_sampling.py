@@ -66,46 +66,34 @@ def story(max_tokens: int = MAX_TOKENS):
     return ctx.text
 
 
-def likelihood(text: str) -> float:
-    return ("aa" not in text) * flag_probability(text)
-
-
-def prior(max_tokens: int = MAX_TOKENS) -> dict[str, float]:
-    """P(text) for every text the loop can return, by walking the tree of token sequences."""
-    out: dict[str, float] = {}
-
-    def walk(ctx, prob):
-        for tok_id, logp in enumerate(ctx.logprobs().tolist()):
-            if logp == -math.inf:
-                continue
-            nxt, p = ctx + tok_id, prob * math.exp(logp)
-            if lm.token(tok_id).is_eos or len(nxt) == max_tokens:
-                out[nxt.text] = out.get(nxt.text, 0.0) + p
-            else:
-                walk(nxt, p)
-
-    walk(lm.context(""), 1.0)
-    return out
-
-
 # %% [markdown]
 # ## The exact answers
 #
 # Z, the posterior probability that the text contains a "b", and the two moments of the weight
 # that fix the error of IS: E_p[L²] / Z² - 1 (the relative variance of one weight) and the
 # limit of ESS / N.
+#
+# `ppl.exact` (lesson 1) lists every execution of the program. Besides the exact posterior and
+# log Z, each execution's trace carries its prior probability p(x) (`trace.log_prior`, the sum
+# of its choices' log probabilities) and its likelihood L(x) (`trace.log_likelihood`): L(x) is
+# exactly the weight that IS gives a particle that wrote x. The posterior lists only the texts
+# of positive weight; the others (every text with "aa") hold the rest of the prior mass,
+# 1 - Σ p(x), and have weight 0. The moments of the weight under the prior follow.
 
 
 # %%
 def exact(max_tokens: int = MAX_TOKENS) -> dict[str, float]:
-    prior_probs = prior(max_tokens)
-    z = math.fsum(p * likelihood(t) for t, p in prior_probs.items())
-    second = math.fsum(p * likelihood(t) ** 2 for t, p in prior_probs.items())
-    fourth = math.fsum(p * (likelihood(t) / z - 1) ** 4 for t, p in prior_probs.items())
-    has_b = math.fsum(p * likelihood(t) for t, p in prior_probs.items() if "b" in t) / z
+    post = ppl.exact(story, max_tokens)
+    prior = np.exp([t.log_prior for t in post.traces])  # p(x), for each x with L(x) > 0
+    weight = np.exp([t.log_likelihood for t in post.traces])  # L(x), the weight IS gives x
+    ruled_out = 1 - math.fsum(prior)  # the prior mass of the texts of weight 0
+    z = math.exp(post.log_evidence)
+    second = math.fsum(prior * weight**2)
+    # a text of weight 0 has (L/Z - 1)^4 = 1
+    fourth = math.fsum(prior * (weight / z - 1) ** 4) + ruled_out
     return {
-        "log_evidence": math.log(z),
-        "p_has_b": has_b,
+        "log_evidence": post.log_evidence,
+        "p_has_b": post.expectation(lambda t: "b" in t),
         "relative_variance": second / z**2 - 1,  # Var_p(L) / Z², for one particle
         "relative_fourth_moment": fourth,  # E_p[(L/Z - 1)^4], for the error of the error
         "ess_fraction": z**2 / second,  # the limit of ESS / N

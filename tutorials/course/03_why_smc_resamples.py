@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import textwrap
 import warnings
+from functools import cache
 
 import numpy as np
 
@@ -78,27 +79,17 @@ def no_repeats(max_tokens: int = MAX_TOKENS):
 # %% [markdown]
 # ## The exact evidence
 #
-# Z = P(a text of `MAX_TOKENS` letters with no repeat). The enumeration prunes a path as soon as
-# the condition fails, so it visits only the 3 × 2^(T-1) surviving texts and their dead ends.
+# Z = P(a text of `MAX_TOKENS` letters with no repeat), by `ppl.exact` (lesson 1). It forks
+# every execution once per token the model can write, and `condition` ends a fork as soon as
+# it fails, so it walks only the 3 × 2^(T-1) surviving texts and their dead ends, not every
+# text the model can write (`post.stats` counts the executions it forked and those that
+# finished).
 
 
 # %%
-def exact_log_evidence(max_tokens: int = MAX_TOKENS) -> float:
-    z = 0.0
-
-    def walk(ctx, prob):
-        nonlocal z
-        for tok_id, logp in enumerate(ctx.logprobs().tolist()):
-            if logp == -math.inf or not allowed(ctx.text, lm.token(tok_id)):
-                continue
-            nxt, p = ctx + tok_id, prob * math.exp(logp)
-            if len(nxt) == max_tokens:
-                z += p
-            else:
-                walk(nxt, p)
-
-    walk(lm.context(""), 1.0)
-    return math.log(z)
+@cache  # `main` asks again for the same length: enumerate once
+def exact_posterior(max_tokens: int = MAX_TOKENS) -> ppl.Posterior:
+    return ppl.exact(no_repeats, max_tokens)
 
 
 def death_rates(log_z: float, max_tokens: int = MAX_TOKENS) -> tuple[float, float]:
@@ -108,8 +99,13 @@ def death_rates(log_z: float, max_tokens: int = MAX_TOKENS) -> tuple[float, floa
     return 1 - z, 1 - z ** (1 / max(max_tokens - 1, 1))
 
 
-LOG_Z = exact_log_evidence()
+EXACT = exact_posterior()
+LOG_Z = EXACT.log_evidence
 DEAD, DEAD_PER_STEP = death_rates(LOG_Z)
+print(
+    f"ppl.exact forked {EXACT.stats['executions']} executions; {EXACT.stats['finished']} "
+    f"texts survive (3 × 2^{MAX_TOKENS - 1} = {3 * 2 ** (MAX_TOKENS - 1)})"
+)
 print(
     f"exact log Z = {LOG_Z:.4f}: Z = {math.exp(LOG_Z):.4f} of the prior's paths survive, "
     f"{DEAD:.1%} die; each step after the first kills {DEAD_PER_STEP:.0%} on average"
@@ -238,7 +234,7 @@ def wrap(text: str, width: int = 100) -> str:
 
 def main(particles: int = 200, repeats: int = 50, max_tokens: int = MAX_TOKENS) -> dict:
     """Compare IS and SMC over `repeats` seeds; print a table and the claim."""
-    log_z = exact_log_evidence(max_tokens)
+    log_z = exact_posterior(max_tokens).log_evidence
     runs = compare(particles, repeats, max_tokens)
     exact_is_var = (math.exp(-log_z) - 1) / particles
     print(f"\nexact log Z = {log_z:.4f}; N = {particles} particles, {repeats} seeds each\n")

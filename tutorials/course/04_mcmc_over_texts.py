@@ -71,33 +71,13 @@ def story(max_tokens: int = MAX_TOKENS):
     return ctx.text
 
 
-def exact_posterior(max_tokens: int = MAX_TOKENS) -> tuple[float, dict[str, float]]:
-    """log Z and {text: posterior probability}, by walking every token sequence."""
-    joint: dict[str, float] = {}
-
-    def walk(ctx, prob):
-        for tok_id, logp in enumerate(ctx.logprobs().tolist()):
-            if logp == -math.inf:
-                continue
-            nxt, p = ctx + tok_id, prob * math.exp(logp)
-            if lm.token(tok_id).is_eos or len(nxt) == max_tokens:
-                text = nxt.text
-                lik = ("aa" not in text) * flag_probability(text)
-                joint[text] = joint.get(text, 0.0) + p * lik
-            else:
-                walk(nxt, p)
-
-    walk(lm.context(""), 1.0)
-    z = math.fsum(joint.values())
-    return math.log(z), {t: j / z for t, j in joint.items() if j > 0}
-
-
-LOG_Z, POSTERIOR = exact_posterior()
-P_HAS_B = math.fsum(p for t, p in POSTERIOR.items() if "b" in t)
-
-
 def has_b(text: str) -> bool:
     return "b" in text
+
+
+EXACT = ppl.exact(story)  # lesson 1: every text, with its exact posterior probability
+LOG_Z, POSTERIOR = EXACT.log_evidence, EXACT.distribution()
+P_HAS_B = EXACT.expectation(has_b)
 
 
 # %% [markdown]

@@ -9,8 +9,8 @@
 # $$p(z \mid y) = \frac{p(z) \sum_{\text{text}} p(\text{text} \mid z)\, L(\text{text})}{Z}.$$
 #
 # Part 1 hides a discrete latent (a topic) behind a toy language model and compares SMC's
-# estimate of p(topic | evidence) with enumeration. Part 2 runs `ppl.nuts`, NumPyro's
-# No-U-Turn sampler, on a continuous model whose posterior is known in closed form.
+# estimate of p(topic | evidence) with the exact one (`ppl.exact`). Part 2 runs `ppl.nuts`,
+# NumPyro's No-U-Turn sampler, on a continuous model whose posterior is known in closed form.
 
 # %%
 from __future__ import annotations
@@ -83,38 +83,15 @@ def which_topic(max_tokens: int = MAX_TOKENS):
 # %% [markdown]
 # ### Exactly
 #
-# For each value of the coin, enumerate the texts and add up the probability of those with
-# two "b"s: p(evidence | topic). Bayes' rule does the rest.
+# Both the coin and the tokens have finitely many values, so `ppl.exact` (lesson 1) lists every
+# execution: each value of the coin, then every text the model writes after that topic. Its
+# `log_evidence` is log p(2 b), and since the program returns the coin (0 or 1), the posterior
+# mean of the return value is p(wild | 2 b).
 
 
 # %%
-def evidence_given_topic(topic: str, max_tokens: int = MAX_TOKENS) -> float:
-    total = 0.0
-
-    def walk(ctx, prob):
-        nonlocal total
-        for tok_id, logp in enumerate(ctx.logprobs().tolist()):
-            if logp == -math.inf:
-                continue
-            nxt, p = ctx + tok_id, prob * math.exp(logp)
-            if lm.token(tok_id).is_eos or len(nxt) == max_tokens:
-                total += p * enough_bs(nxt.text)
-            else:
-                walk(nxt, p)
-
-    walk(lm.context(topic), 1.0)
-    return total
-
-
-def exact_topic_posterior(max_tokens: int = MAX_TOKENS) -> tuple[float, float]:
-    """Z = p(evidence) and p(wild | evidence)."""
-    joint_calm = (1 - PRIOR_WILD) * evidence_given_topic("<calm>", max_tokens)
-    joint_wild = PRIOR_WILD * evidence_given_topic("<wild>", max_tokens)
-    z = joint_calm + joint_wild
-    return z, joint_wild / z
-
-
-Z_TOPIC, P_WILD = exact_topic_posterior()
+EXACT = ppl.exact(which_topic)
+Z_TOPIC, P_WILD = math.exp(EXACT.log_evidence), EXACT.expectation()
 print(f"p(wild) = {PRIOR_WILD} a priori, {P_WILD:.4f} after seeing two b's (Z = {Z_TOPIC:.4f})")
 
 # %% [markdown]

@@ -71,25 +71,7 @@ def no_repeats(max_tokens: int = MAX_TOKENS):
     return ctx.text
 
 
-def exact_log_evidence(max_tokens: int = MAX_TOKENS) -> float:
-    z = 0.0
-
-    def walk(ctx, prob):
-        nonlocal z
-        for tok_id, logp in enumerate(ctx.logprobs().tolist()):
-            if logp == -math.inf or not allowed(ctx.text, lm.token(tok_id)):
-                continue
-            nxt, p = ctx + tok_id, prob * math.exp(logp)
-            if len(nxt) == max_tokens:
-                z += p
-            else:
-                walk(nxt, p)
-
-    walk(lm.context(""), 1.0)
-    return math.log(z)
-
-
-LOG_Z = exact_log_evidence()
+LOG_Z = ppl.exact(no_repeats).log_evidence  # by enumeration, as in lesson 3
 print(f"exact log Z = {LOG_Z:.4f}")
 
 # %% [markdown]
