@@ -446,6 +446,18 @@ class Engine:
 
     # -- the batched language-model call -------------------------------------------------------
 
+    def compute(self, dists: Sequence[Any]) -> None:
+        """Every context the token distributions `dists` need, computed: one batched call per
+        language model, its cost counted for this run."""
+        by_lm: dict[int, tuple[Any, list]] = {}
+        for dist in dists:
+            for ctx in dist._contexts():
+                by_lm.setdefault(id(ctx.lm), (ctx.lm, []))[1].append(ctx)
+        for lm, contexts in by_lm.values():
+            fed = check_fed(lm, lm.compute_logprobs(contexts))
+            self.forward_calls += fed.calls
+            self.tokens_fed += fed.tokens
+
     def resolve(self, particles: Sequence[Particle]) -> int:
         """One batched model call per language model for all pending choices; resume them.
 
@@ -454,15 +466,7 @@ class Engine:
         waiting = [p for p in particles if p.pending is not None and p.log_weight > -math.inf]
         if not waiting:
             return 0
-        # every context any pending choice needs, one batched call per language model
-        by_lm: dict[int, tuple[Any, list]] = {}
-        for p in waiting:
-            for ctx in p.pending[1]._contexts():
-                by_lm.setdefault(id(ctx.lm), (ctx.lm, []))[1].append(ctx)
-        for lm, contexts in by_lm.values():
-            fed = check_fed(lm, lm.compute_logprobs(contexts))
-            self.forward_calls += fed.calls
-            self.tokens_fed += fed.tokens
+        self.compute([p.pending[1] for p in waiting])
         # draws, batched by kind of token distribution (plain, proposal, constrained, ...)
         kinds: dict[Any, list[Particle]] = {}
         for p in waiting:

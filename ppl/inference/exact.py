@@ -42,7 +42,6 @@ from ppl.context import Continuation, NextToken
 from ppl.inference.engine import Engine, Frame, Particle, _Trace
 from ppl.inference.notices import warn
 from ppl.inference.posterior import Posterior
-from ppl.models.base import check_fed
 from ppl.trace import Choice, Site
 
 #: the default bound on the executions (finished or not) that `exact` walks
@@ -132,15 +131,7 @@ def _branches(
 ) -> list[tuple[Particle, list[tuple[Any, float]]]]:
     """Each waiting execution with the values of its choice and their log probabilities (the
     values of probability zero left out); token choices share one model call per model."""
-    by_lm: dict[int, tuple[Any, list]] = {}
-    for p in waiting:
-        if p.pending[0] == "sample":
-            for ctx in p.pending[1]._contexts():
-                by_lm.setdefault(id(ctx.lm), (ctx.lm, []))[1].append(ctx)
-    for lm, contexts in by_lm.values():
-        fed = check_fed(lm, lm.compute_logprobs(contexts))
-        engine.forward_calls += fed.calls
-        engine.tokens_fed += fed.tokens
+    engine.compute([p.pending[1] for p in waiting if p.pending[0] == "sample"])
     out = []
     for p in waiting:
         kind, dist, _, site, _, values, _ = p.pending
