@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ppl.models.hf import tiny as hf_tiny
 from ppl.models.hf.fixed_step import GRAPH_MIN_GROWTH, key_bucket, row_bucket
 from ppl.models.hf.model import HFModel
 from ppl.models.hf.tokens import token_bytes_of
@@ -28,24 +29,9 @@ CORPUS = [
 
 
 def tiny_tokenizer():
-    """A byte-level BPE tokenizer (GPT-2 style) trained in memory, adding <s> before every text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    """A byte-level BPE tokenizer (GPT-2 style) trained in memory on `CORPUS`, adding <s>
+    before every text."""
+    return hf_tiny.tiny_tokenizer(CORPUS)
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +42,12 @@ def tiny_lm():
     Weights are large enough that a wrong position or a leaked padded key moves the
     log-probabilities far beyond the tolerance of the exactness checks.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer) + 3,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
+    model = hf_tiny.tiny_llama(
+        tokenizer, layers=2, hidden=32, heads=4, kv_heads=2, max_positions=256, extra_vocab=3,
         initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return HFModel(LlamaForCausalLM(config), tokenizer)
+    )  # fmt: skip
+    return HFModel(model, tokenizer)
 
 
 #: the KV caches under test: (kv_cache, kv_block, step); small blocks make short prompts span

@@ -20,6 +20,7 @@ import torch
 import ppl.models
 from ppl.models import ModelSpec, spec
 from ppl.models.hf.model import HFModel
+from ppl.models.hf.tiny import tiny_llama
 from tests.models.test_hf import tiny_tokenizer
 
 # -- command-line forms --------------------------------------------------------------------------
@@ -133,23 +134,10 @@ def test_importing_specs_does_not_import_transformers():
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A directory holding a tiny random Llama and its tokenizer, as `from_pretrained` reads it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
+    model = tiny_llama(tokenizer, max_positions=64)
     path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(path)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
