@@ -35,7 +35,7 @@ import ppl
 from ppl import program, sample
 from ppl.constraints import tokens as constrained_tokens
 from ppl.constraints.masks import model_masks
-from ppl.context import NextToken
+from ppl.next_token import NextToken
 
 GRAMMAR = r"""
 start: "{" pair ("," pair)* "}"

@@ -30,7 +30,7 @@ from ppl.constraints import (
     Regex,
     generate,
 )
-from ppl.context import Context, NextToken, Token
+from ppl.context import Context
 from ppl.inference import (
     InferenceWarning,
     MHKernel,
@@ -46,6 +46,8 @@ from ppl.inference import (
     smc_steer,
 )
 from ppl.inference.nuts import nuts
+from ppl.models.base import Token
+from ppl.next_token import NextToken
 from ppl.primitives import condition, factor, observe, sample, twist
 from ppl.trace import Choice, Trace
 from ppl.workloads import imap

@@ -20,7 +20,7 @@ Three families meet the protocol:
 * any NumPyro distribution, adapted by `as_distribution`: its JAX key is drawn from the run's
   generator (users never handle keys), scalar values come back as Python numbers and arrays as
   NumPy arrays, and `log_prob` sums over every element (batch and event dimensions alike);
-* language-model distributions (`ctx.next_token()`, `ppl.context`), which the scheduler
+* language-model distributions (`ctx.next_token()`, `ppl.next_token`), which the scheduler
   recognises and batches across particles.
 
 `proposed(p, q)` draws from `q` and scores under `p`; the run's weight gains
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ppl.context import NextToken, TokenProposal
+from ppl.next_token import NextToken, TokenProposal
 
 
 class Distribution:

@@ -20,12 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ppl.context import NextToken
 from ppl.distributions import as_distribution, check_value, proposed
 from ppl.handlers import condition as _condition_handler
+from ppl.next_token import NextToken
 from ppl.runtime import _IN_COMPILED, _SCOPE, _STACK, Message, as_log_weight
-from ppl.runtime import Scope as Scope  # re-exported: the run's shared state lived here
-from ppl.runtime import generators as generators
 from ppl.trace import Site, address_of
 
 _COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})

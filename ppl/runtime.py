@@ -3,7 +3,7 @@
 The language core imports one way: this module, then `ppl.handlers` (the handlers on the
 stack), then `ppl.primitives` (which send messages through it), then `ppl.compiler` (programs,
 which open address scopes and apply the `condition` handler). Everything more than one of them
-reads or changes lives here, and `ppl.primitives` re-exports it (its old home).
+reads or changes lives here.
 
 The state of a run (`_STACK`, `_SCOPE`, `_IN_COMPILED`) is context-local: each is a
 `contextvars.ContextVar` holding an immutable value, so every thread, asyncio task and greenlet

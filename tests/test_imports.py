@@ -1,9 +1,9 @@
 """The package's import graph has no cycles: imports inside `ppl` run one way.
 
-Layering, bottom to top: `ppl.models`, then `ppl.context`, then `ppl.constraints`, then the
-language core (`primitives`, `handlers`, `compiler`), then `ppl.inference` (the engine, SMC,
-MCMC, `Posterior`), then presentation (`summary`, `html`, `plots`, `serialize`), then
-`ppl.workloads` and `ppl.cli`.
+Layering, bottom to top: `ppl.models`, then `ppl.draws`, `ppl.next_token` and `ppl.context`, then
+`ppl.constraints`, then the language core (`primitives`, `handlers`, `compiler`), then
+`ppl.inference` (the engine, SMC, MCMC, `Posterior`), then presentation (`summary`, `html`,
+`plots`, `serialize`), then `ppl.workloads` and `ppl.cli`.
 
 The graph is read from the source with `ast`, not from `sys.modules`: every `import` and
 `from ... import` counts, at module level and inside functions (a lazy import still ties two

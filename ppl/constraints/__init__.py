@@ -14,9 +14,11 @@ approximation. `generate(ctx, constraint=c)` produces a whole string.
 """
 
 from ppl.constraints.generate import generate
-from ppl.constraints.grammar import Constraint, ConstraintError, Grammar, JSONSchema, Regex
+from ppl.constraints.grammar import Constraint, ConstraintError, Grammar
 from ppl.constraints.hf import logits_processor
+from ppl.constraints.json_schema import JSONSchema
 from ppl.constraints.reference import MaskLeakWarning, Verdict
+from ppl.constraints.regex import Regex
 from ppl.constraints.tokens import ConstrainedNextToken
 
 __all__ = [

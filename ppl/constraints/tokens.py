@@ -30,15 +30,10 @@ import torch
 
 from ppl.constraints import predicate as _predicate
 from ppl.constraints.grammar import Constraint
-from ppl.context import (
-    Context,
-    NextToken,
-    Token,
-    _decode_complete,
-    draw_rows,
-    set_restricted_next_token,
-    stack_rows,
-)
+from ppl.context import Context, _decode_complete, set_restricted_next_token
+from ppl.draws import draw_rows, stack_rows
+from ppl.models.base import Token
+from ppl.next_token import NextToken
 
 Predicate = Callable[[str], Any]
 

@@ -1,7 +1,7 @@
 """Workloads: one inference method over many inputs (`ppl.map`, `ppl.imap`), on this machine or
 on Ray workers, with a checkpoint file that loses nothing.
 
-* `run`: `map` and `imap`, and their results.
+* `run`: `map` and `imap`, their options (`MapOptions`) and their results.
 * `items`: what an item is: its call, with its seed, and the error it becomes when it raises.
 * `batch`: the shared step: the runs in flight share each batched model call.
 * `checkpoint`: the JSONL file of finished items.
@@ -10,7 +10,8 @@ on Ray workers, with a checkpoint file that loses nothing.
 
 from ppl.workloads.batch import SharedPassOutOfMemory
 from ppl.workloads.cluster import WorkersLost
-from ppl.workloads.run import ItemError, Results, Running, imap, map
+from ppl.workloads.items import ItemError
+from ppl.workloads.run import Results, Running, imap, map
 
 __all__ = [
     "map",

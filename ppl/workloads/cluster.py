@@ -61,11 +61,14 @@ import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ppl.compiler import Program
 from ppl.workloads.batch import Outcome, SharedSteps
 from ppl.workloads.items import _item_job
+
+if TYPE_CHECKING:
+    from ppl.workloads.run import MapOptions
 
 Item = tuple[int, tuple, dict[str, Any]]
 REPROBE_S = 0.5  # a worker in restart is asked again this often
@@ -79,27 +82,25 @@ class WorkersLost(RuntimeError):
 
 
 def run_on_ray(
-    cluster: str,
-    workers: int | None,
-    resources: dict[str, float] | None,
-    retries: int,
-    rows: int | None,
-    in_flight: int | None,
+    settings: MapOptions,
     spec: Any,
     method: Callable[..., Any],
     program: Program,
     items: list[Item],
-    seed: int | None,
     options: dict[str, Any],
     stats: dict[str, Any],
-    *,
-    runtime_env: dict[str, Any] | None = None,
 ) -> Iterator[tuple[int, Outcome]]:
     """Run `items` on Ray workers; yield `(index, Outcome)` as chunks finish.
 
-    Counts the workers started, restarted and lost for good in `stats` ("workers",
-    "worker_restarts", "workers_lost"). Raises `WorkersLost` when no worker is left.
+    `settings` are the map's options (`cluster`, `workers`, `resources`, `retries`, `rows`,
+    `in_flight`, `seed`, `runtime_env` are read here); `options` the method's, as each item's
+    call takes them; `spec` builds the model in each worker. Counts the workers started,
+    restarted and lost for good in `stats` ("workers", "worker_restarts", "workers_lost").
+    Raises `WorkersLost` when no worker is left.
     """
+    cluster, workers, resources = settings.cluster, settings.workers, settings.resources
+    retries, rows, in_flight = settings.retries, settings.rows, settings.in_flight
+    seed, runtime_env = settings.seed, settings.runtime_env
     try:
         import ray
     except ImportError:

@@ -1,7 +1,7 @@
 """One item of a mapped run: the call it is, and what it becomes when that call raises.
 
 `ppl.workloads.run` (`map`, `imap`), `ppl.workloads.checkpoint` and `ppl.workloads.cluster`
-(Ray workers) all read these; `run` re-exports them (their old home).
+(Ray workers) all read these.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ppl.compiler import Program
@@ -31,10 +32,41 @@ from ppl.models.base import LanguageModel
 from ppl.workloads.batch import Outcome, SharedSteps
 from ppl.workloads.checkpoint import Checkpoint, input_hash
 from ppl.workloads.fingerprint import content, digest, model_digest, program_parts
-from ppl.workloads.items import ItemError as ItemError  # re-exported: its old home
-from ppl.workloads.items import _item_job as _item_job
+from ppl.workloads.items import ItemError, _item_job
 
 DEFAULT_ROWS = 256
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """The options of one call of `map` or `imap`: their keyword arguments, held once.
+
+    Each field is the keyword argument of the same name (see `map` for what it means);
+    `options` holds the rest, the method's own options. Built in one place, `of`, from the
+    call's arguments, and passed on as one value to the run (`_imap`) and to Ray
+    (`ppl.workloads.cluster.run_on_ray`, once `in_flight` is settled).
+    """
+
+    seed: int | tuple[int, ...] | None
+    checkpoint: str | None
+    rows: int | None
+    in_flight: int | None
+    model: Any
+    on_error: str
+    progress: bool | None
+    cluster: str | None
+    workers: int | None
+    resources: dict[str, float] | None
+    retries: int
+    runtime_env: dict[str, Any] | None
+    allow_pickle: bool
+    options: dict[str, Any]
+
+    @classmethod
+    def of(cls, arguments: dict[str, Any]) -> MapOptions:
+        """The options of a call from its arguments by name (`locals()` as `map` or `imap`
+        begins: their keyword parameters are these fields, and `**options` the last)."""
+        return cls(**{field.name: arguments[field.name] for field in fields(cls)})
 
 
 class Results(list):
@@ -144,10 +176,7 @@ def map(
     Returns:
         `Results`: a list of `Posterior` (or `ItemError`) in input order.
     """
-    running = _imap(
-        method, program, inputs, seed, checkpoint, rows, in_flight, model, on_error, progress,
-        cluster, workers, resources, retries, runtime_env, allow_pickle, options,
-    )  # fmt: skip
+    running = _imap(method, program, inputs, MapOptions.of(locals()))
     results = running.results()
     if results.failures:
         first = results.failures[0]
@@ -186,30 +215,14 @@ def imap(
     the iterator is read. Items already in the checkpoint come first. Every index is yielded
     exactly once. The iterator's `stats` fill in as it runs (see `Results`).
     """
-    return _imap(
-        method, program, inputs, seed, checkpoint, rows, in_flight, model, on_error, progress,
-        cluster, workers, resources, retries, runtime_env, allow_pickle, options,
-    )  # fmt: skip
+    return _imap(method, program, inputs, MapOptions.of(locals()))
 
 
 def _imap(
     method: Callable[..., Posterior],
     program: Program,
     inputs: Iterable[tuple | list | dict],
-    seed: int | None,
-    checkpoint: str | None,
-    rows: int | None,
-    in_flight: int | None,
-    model: Any,
-    on_error: str,
-    progress: bool | None,
-    cluster: str | None,
-    workers: int | None,
-    resources: dict[str, float] | None,
-    retries: int,
-    runtime_env: dict[str, Any] | None,
-    allow_pickle: bool,
-    options: dict[str, Any],
+    settings: MapOptions,
 ) -> Running:
     """Check everything and read the checkpoint; the items' run, as an iterator.
 
@@ -224,33 +237,40 @@ def _imap(
             f"ppl.map: program must be a @ppl.program, got {type(program).__name__}; "
             "decorate the function with @ppl.program"
         )
-    if on_error not in ("record", "raise"):
-        raise ValueError(f"ppl.map: on_error must be 'record' or 'raise', got {on_error!r}")
-    parts = seed if isinstance(seed, tuple) else (seed,)
-    if seed is not None and not (
+    if settings.on_error not in ("record", "raise"):
+        raise ValueError(
+            f"ppl.map: on_error must be 'record' or 'raise', got {settings.on_error!r}"
+        )
+    parts = settings.seed if isinstance(settings.seed, tuple) else (settings.seed,)
+    if settings.seed is not None and not (
         parts and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in parts)
     ):
         raise ValueError(
-            f"ppl.map: seed must be a non-negative integer, a tuple of them, or None, got {seed!r}"
+            "ppl.map: seed must be a non-negative integer, a tuple of them, or None, got "
+            f"{settings.seed!r}"
         )
-    if "progress" in options:
+    if "progress" in settings.options:
         raise TypeError("ppl.map: progress= is the bar over items; runs of items show none")
     items = [_as_call(i, x) for i, x in enumerate(_listed(inputs))]
-    _check_options(method, program, options, items)
-    spec, lm = _model_of(model)
+    _check_options(method, program, settings.options, items)
+    spec, lm = _model_of(settings.model)
     if lm is not None or spec is not None:
         items = [(_bind_lm(program, args, kwargs)) for args, kwargs in items]
-    run_options = _run_options(method, options)
+    run_options = _run_options(method, settings.options)
     fingerprint = (
-        _fingerprint(method, program, seed, options, spec or lm) if checkpoint is not None else {}
+        _fingerprint(method, program, settings.seed, settings.options, spec or lm)
+        if settings.checkpoint is not None
+        else {}
     )
     # each input by content, for the checkpoint to tell inputs apart
     hashes = (
-        [input_hash(a, k, i) for i, (a, k) in enumerate(items)] if checkpoint else [""] * len(items)
+        [input_hash(a, k, i) for i, (a, k) in enumerate(items)]
+        if settings.checkpoint
+        else [""] * len(items)
     )
     store = (
-        Checkpoint(checkpoint, fingerprint, hashes, allow_pickle=allow_pickle)
-        if checkpoint is not None
+        Checkpoint(settings.checkpoint, fingerprint, hashes, allow_pickle=settings.allow_pickle)
+        if settings.checkpoint is not None
         else None
     )
     done = store.load() if store is not None else {}
@@ -258,11 +278,12 @@ def _imap(
     waiting = set(todo)
     n_items = len(items)
     stats: dict[str, Any] = {"items": n_items, "resumed": n_items - len(todo), "failed": 0}
-    if in_flight is None:
-        per_item = _rows_per_item(method, options)
-        in_flight = len(todo) if rows is None else max(1, rows // per_item)
+    if settings.in_flight is None:
+        per_item = _rows_per_item(method, settings.options)
+        in_flight = len(todo) if settings.rows is None else max(1, settings.rows // per_item)
+        settings = replace(settings, in_flight=in_flight)
 
-    if cluster is not None and lm is not None and spec is None:
+    if settings.cluster is not None and lm is not None and spec is None:
         spec = getattr(lm, "spec", None)
         if spec is None:
             raise TypeError(
@@ -271,14 +292,14 @@ def _imap(
             )
 
     def execute() -> Iterator[tuple[int, Posterior | ItemError]]:
-        bar = _bar(progress, n_items, n_items - len(todo))
+        bar = _bar(settings.progress, n_items, n_items - len(todo))
         outcomes: Any = None
         try:
             for i in range(n_items):
                 if i not in waiting:
                     yield i, done[i]
-            if cluster is None:
-                steps = SharedSteps(rows=rows, in_flight=max(1, in_flight))
+            if settings.cluster is None:
+                steps = SharedSteps(rows=settings.rows, in_flight=max(1, settings.in_flight))
 
                 def jobs() -> Iterator[tuple[int, Callable[[], Posterior]]]:
                     model_lm = (
@@ -288,7 +309,9 @@ def _imap(
                         args, kwargs = items[i]
                         if model_lm is not None:
                             kwargs = {**kwargs, "lm": model_lm}
-                        job = _item_job(method, program, args, kwargs, seed, i, run_options)
+                        job = _item_job(
+                            method, program, args, kwargs, settings.seed, i, run_options
+                        )
                         yield i, job if bar is None else _reporting(job, bar.reporter(i))
 
                 outcomes = steps.run(jobs())
@@ -296,10 +319,14 @@ def _imap(
                 from ppl.workloads.cluster import run_on_ray
 
                 outcomes = run_on_ray(
-                    cluster, workers, resources, retries, rows, in_flight, spec,
-                    method, program, [(i, *items[i]) for i in todo], seed, run_options, stats,
-                    runtime_env=runtime_env,
-                )  # fmt: skip
+                    settings,
+                    spec,
+                    method,
+                    program,
+                    [(i, *items[i]) for i in todo],
+                    run_options,
+                    stats,
+                )
             ran: list[Posterior | None] = []
             for i, outcome in outcomes:
                 if (
@@ -316,12 +343,12 @@ def _imap(
                     store.append(i, result)
                 if bar is not None:
                     bar.finished(i, isinstance(result, ItemError))
-                if on_error == "raise" and isinstance(result, ItemError):
+                if settings.on_error == "raise" and isinstance(result, ItemError):
                     error = outcome.error or RuntimeError(result.error)
                     _note(error, f"raised by item {i} under ppl.map (input {items[i]!r:.200})")
                     raise error
                 yield i, result
-            if cluster is None:
+            if settings.cluster is None:
                 stats.update(forward_calls=steps.forward_calls, tokens_fed=steps.tokens_fed)
             else:  # each worker's calls are its own: the items' token counts add up to the total
                 stats["tokens_fed"] = sum(

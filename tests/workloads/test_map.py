@@ -183,3 +183,18 @@ def test_the_bar_over_items_moves_inside_the_items_in_flight(monkeypatch):
     assert any(text.startswith("6 in flight; item 0: step ") for _, text in before)
     assert drawn[-1][0] == 6
     assert [n for n, _ in drawn] == sorted(n for n, _ in drawn), "it never moves back"
+
+
+def test_map_options_are_the_keyword_parameters_of_map_and_imap():
+    """`MapOptions.of(locals())` holds a call's options: its fields are the keyword parameters
+    of `map` and of `imap`, in order, then their `**options`."""
+    import dataclasses
+    import inspect
+
+    from ppl.workloads.run import MapOptions
+
+    names = [field.name for field in dataclasses.fields(MapOptions)]
+    for entry in (ppl.map, ppl.imap):
+        params = inspect.signature(entry).parameters.values()
+        own = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+        assert own == names, entry.__name__
