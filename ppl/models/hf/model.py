@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,6 +65,12 @@ from ppl.models.spec import (
     resolve_device,
     resolve_dtype,
 )
+from ppl.models.weights_cache import cache_dir as weights_cache_dir
+from ppl.models.weights_cache import cached
+
+#: keyword arguments of `from_pretrained` that say where on the Hub a model is (the tokenizer
+#: takes them too); a model read from the weights cache needs none of them
+_HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
 
 
 class HFModel(LanguageModel):
@@ -172,6 +179,7 @@ class HFModel(LanguageModel):
         kv_cache: str = KV_CACHES[0],
         kv_block: int = KV_BLOCK,
         step: str = STEPS[0],
+        weights_cache: bool = True,
         **kwargs: Any,
     ) -> HFModel:
         """Load a causal LM and its tokenizer with transformers.
@@ -185,6 +193,10 @@ class HFModel(LanguageModel):
             kv_cache: how keys and values are kept, "paged" or "batch" (see `HFModel`).
             kv_block: token slots per block of the paged cache.
             step: how decode steps run, "auto", "eager", "buckets" or "graphs" (`HFModel.step`).
+            weights_cache: for a local `gguf_file`, keep its converted weights in the weights
+                cache (`ppl.models.weights_cache`) and read them from there on later loads;
+                False, or the environment variable `PPL_CACHE_DIR=off`, converts every time and
+                writes nothing. Either way the model is the same, so the spec does not record it.
             kwargs: passed to `AutoModelForCausalLM.from_pretrained`; the Hub options among them
                 (revision, token, cache_dir, ...) to the tokenizer too.
 
@@ -199,23 +211,25 @@ class HFModel(LanguageModel):
         options = dict(kwargs)  # before the dtype and gguf_file keys below are added
         if gguf_file is not None:
             options["gguf_file"] = gguf_file
-        shared = {
-            k: kwargs[k]
-            for k in (
-                "revision",
-                "token",
-                "cache_dir",
-                "local_files_only",
-                "trust_remote_code",
-                "subfolder",
+        shared = {k: kwargs[k] for k in (*_HUB_OPTIONS, "trust_remote_code") if k in kwargs}
+        cache_root = weights_cache_dir() if weights_cache else None
+        local_gguf = Path(name_or_path, kwargs.get("subfolder", ""), gguf_file or "")
+        if gguf_file is not None and cache_root is not None and local_gguf.is_file():
+            rest = {k: v for k, v in kwargs.items() if k not in shared}
+            tokenizer, model = _load_gguf_cached(
+                local_gguf,
+                dtype,
+                cache_root,
+                trust_remote_code=shared.get("trust_remote_code"),
+                **rest,
             )
-            if k in kwargs
-        }
-        if gguf_file is not None:
-            kwargs["gguf_file"] = shared["gguf_file"] = gguf_file
-        kwargs[dtype_keyword()] = dtype
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **shared)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            model.config._name_or_path = name_or_path  # as transformers sets it from the file
+        else:
+            if gguf_file is not None:
+                kwargs["gguf_file"] = shared["gguf_file"] = gguf_file
+            kwargs[dtype_keyword()] = dtype
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **shared)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
         lm = cls(model, tokenizer, kv_cache=kv_cache, kv_block=kv_block, step=step)
@@ -592,3 +606,40 @@ class HFModel(LanguageModel):
 
     def __copy__(self) -> HFModel:
         return self  # shared like `__deepcopy__`, rather than rebuilt through `__reduce__`
+
+
+def _load_gguf_cached(
+    gguf: Path, dtype: torch.dtype, cache_root: Path, *, trust_remote_code: Any, **kwargs: Any
+) -> tuple[Any, Any]:
+    """The tokenizer and model of a local GGUF file, read from the weights cache (converted and
+    written there first if they are not). `kwargs` go to the model's `from_pretrained`."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    remote = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+
+    def read_gguf(**options: Any) -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **remote)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, **remote, **options, **{dtype_keyword(): dtype}
+        )
+        return tokenizer, model
+
+    def convert(directory: Path) -> None:
+        # the GGUF file dequantised to `dtype`, as an uncached load makes it; tied weights
+        # (the embeddings and the output layer) are written once
+        tokenizer, model = read_gguf()
+        save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(directory)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    directory = cached(gguf, str(dtype).removeprefix("torch."), convert, root=cache_root)
+    if directory is None:  # the cache cannot be written: load as if it were off
+        return read_gguf(**kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(directory, **remote)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, **remote, **kwargs, **{dtype_keyword(): dtype}
+    )
+    return tokenizer, model
