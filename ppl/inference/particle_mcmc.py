@@ -6,7 +6,8 @@ min(1, Z'/Z), the ratio of the sweeps' evidence estimates; the stationary law of
 samples is the exact posterior for any number of particles (Andrieu, Doucet & Holenstein 2010).
 **Particle Gibbs** runs conditional SMC: particle 0 follows the current reference execution, the
 other N-1 are resampled from all N at every step (multinomially), and the next reference is
-drawn from the final weights.
+drawn from the final weights. A sweep is the SMC kernel (`ppl.inference.kernel`) with
+multinomial resampling at every step (`ppl.inference.resampling.multinomial`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from ppl.compiler import Program
+from ppl.inference import kernel
+from ppl.inference import resampling as _resampling
 from ppl.inference.chains import _chain_posterior, _rejections, failed_posterior
 from ppl.inference.engine import Engine, Particle
-from ppl.inference.execution import Execution, Snapshot, is_waiting, settle, untwist
+from ppl.inference.execution import Execution, is_waiting
 from ppl.inference.notices import count, fits
 from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior, counts_mask_leaks
@@ -34,76 +37,64 @@ def smc_sweep(
     """One SMC sweep that resamples multinomially at every step, snapshotting every particle.
 
     With a `reference`, it is conditional SMC: particle 0 follows the reference execution and
-    keeps ancestor 0. Returns the final executions, their log weights since the last resampling
-    and the log evidence estimate.
+    keeps ancestor 0. Returns the final executions (at their cumulative log weights), their log
+    weights since the last resampling and the log evidence estimate.
     """
-    runs = [Execution(p) for p in engine.new_particles(n)]
-    carried = np.zeros(n)  # cumulative log weight at the last resampling
-    ref_states: list[Particle] = []
-    if reference is not None:
-        ref_states = [s.particle for s in reference.history] + [reference.particle]
-        runs[0] = _follow(reference, 0)
-        rest = runs[1:]
-    else:
-        rest = runs
-    engine.advance([r.particle for r in rest])
-    settle([r.particle for r in rest])
-    log_z = 0.0
-    t = 0
-    while True:
-        lw = np.array([r.particle.log_weight for r in runs]) - carried
-        if not any(is_waiting(r.particle) for r in runs):
-            break
-        log_z += log_sum_exp(lw) - math.log(n)
-        if log_z == -math.inf:
-            return runs, lw, log_z  # every particle is dead
-        w = normalise(lw)
+    sweep = _Sweep(engine.new_particles(n), reference)
+    state = kernel.init(engine, [r.particle for r in sweep.runs], sweep.hold)
+    while state.waiting:
+        state, _ = kernel.step(engine, state, sweep.ancestors, sweep.update, sweep.hold)
+    for r, c in zip(sweep.runs, state.carried):
+        r.particle.log_weight += c  # the whole weight, as an MCMC state holds it
+    return sweep.runs, state.log_weights, kernel.final_log_evidence(state)
+
+
+class _Sweep:
+    """The executions of one sweep, kept beside the kernel's particles: resampled with them,
+    each snapshotted before its model calls; under conditional SMC, particle 0 is the
+    reference as it was after the same number of steps."""
+
+    def __init__(self, particles: list[Particle], reference: Execution | None) -> None:
+        self.reference = reference
+        self.hold = 0 if reference is None else 1
+        self.runs = [Execution(p) for p in particles]
         if reference is not None:
-            idx = np.concatenate([[0], engine.rng.choice(n, size=n - 1, p=w)])
-        else:
-            idx = engine.rng.choice(n, size=n, p=w)
-        cum = np.array([r.particle.log_weight for r in runs])
-        new_runs = []
-        seen: set[int] = set()
-        for i in idx.tolist():
-            r = runs[i]
-            if i in seen:
-                r = Execution(r.particle.fork(), list(r.history), r.step, r.at_snapshot)
-            else:
-                seen.add(i)
-                r = Execution(r.particle, list(r.history), r.step, r.at_snapshot)
-            new_runs.append(r)
-        runs = new_runs
-        carried = cum[idx]
-        t += 1
-        if reference is not None:
-            others = runs[1:]
-            runs[0] = _follow(reference, t, ref_states)
-        else:
-            others = runs
-        # one step for every particle but the reference: snapshot, resolve, run on
-        for r in others:
+            self.states = [s.particle for s in reference.history] + [reference.particle]
+            self.runs[0] = self.follow(0, 0.0)
+
+    def follow(self, t: int, carried: float) -> Execution:
+        """The reference as it was after t steps (a fork: it may be resampled from), its log
+        weight counted from the last resampling."""
+        assert self.reference is not None
+        j = min(t, len(self.states) - 1)
+        p = self.states[j].fork()
+        p.log_weight -= carried
+        return Execution(p, list(self.reference.history[:j]), t)
+
+    def ancestors(self, rng: np.random.Generator, state: kernel.SMCState) -> np.ndarray:
+        n = len(state.particles)
+        w = normalise(state.log_weights)
+        drawn = _resampling.multinomial(rng, w, n - self.hold)
+        return np.concatenate([[0], drawn]) if self.hold else drawn
+
+    def update(
+        self, ps: list[Particle], carried: np.ndarray, idx: np.ndarray | None, step: int
+    ) -> tuple[list[Particle], np.ndarray]:
+        assert idx is not None  # a sweep resamples at every step
+        runs = self.runs
+        self.runs = [
+            Execution(p, list(runs[i].history), runs[i].step, runs[i].at_snapshot)
+            for p, i in zip(ps, idx.tolist())
+        ]
+        if self.hold:
+            self.runs[0] = self.follow(step + 1, carried[0])
+            ps = [self.runs[0].particle] + ps[1:]
+        # one step for every particle but the reference: snapshot it before its model call
+        for r, c in zip(self.runs[self.hold :], carried[self.hold :]):
             if is_waiting(r.particle):
-                r.history.append(
-                    Snapshot(r.step, r.particle.fork(), r.particle.pending[0] == "sample")
-                )
-        waiting = [r for r in others if is_waiting(r.particle)]
-        engine.resolve([r.particle for r in waiting])
-        for r in waiting:
-            untwist(r.particle)
-            r.step += 1
-        engine.advance([r.particle for r in waiting])
-        settle([r.particle for r in waiting])
-    log_z += log_sum_exp(lw) - math.log(n)
-    return runs, lw, log_z
-
-
-def _follow(reference: Execution, t: int, states: list[Particle] | None = None) -> Execution:
-    """The reference execution as it was after t steps (a fork: it may be resampled from)."""
-    if states is None:
-        states = [s.particle for s in reference.history] + [reference.particle]
-    j = min(t, len(states) - 1)
-    return Execution(states[j].fork(), list(reference.history[:j]), t, at_snapshot=False)
+                r.history.append(kernel.snapshot(r.particle, c, r.step))
+                r.step += 1
+        return ps, carried
 
 
 @counts_mask_leaks
@@ -146,7 +137,7 @@ def pimh(
             runs, lw, log_z = smc_sweep(engine, particles)
             sweeps.append(log_z)
             if log_z > -math.inf:
-                pick = runs[int(engine.rng.choice(particles, p=normalise(lw)))]
+                pick = runs[_pick(engine.rng, lw)]
                 if current is None or math.log(engine.rng.random()) < log_z - current_log_z:
                     current, current_log_z = pick, log_z
                     accepted += 1
@@ -211,7 +202,7 @@ def pgibbs(
                 if reference is None:
                     continue  # no execution with positive weight yet
                 raise AssertionError("conditional SMC lost its reference")  # cannot happen
-            k = int(engine.rng.choice(particles, p=w))
+            k = _pick(engine.rng, lw)
             if reference is not None and k != 0:
                 changed += 1
             reference = runs[k]
@@ -228,3 +219,8 @@ def pgibbs(
     return _chain_posterior(
         "pgibbs", engine, [kept], np.array([changed / max(1, len(kept) - 1)]), start, None
     )
+
+
+def _pick(rng: np.random.Generator, lw: np.ndarray) -> int:
+    """One index drawn from the normalised weights (one uniform, as `rng.choice` draws)."""
+    return int(_resampling.multinomial(rng, normalise(lw), 1)[0])

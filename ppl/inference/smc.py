@@ -22,29 +22,30 @@ Resample-move: with `rejuvenation=` an MCMC kernel (`MHKernel`), every particle 
 after each resampling that leave the step's intermediate target invariant, so the particle
 population stays a valid weighted sample while regaining diversity. The particles then keep
 snapshots of themselves before each model call (forks that share contexts).
+
+Each step (resample, move, weigh) is the SMC kernel's (`ppl.inference.kernel`); this module
+holds the resampling rule, resample-move and the driver with its progress bar and record.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from ppl.compiler import Program
+from ppl.inference import kernel
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
-from ppl.inference.execution import Execution, Snapshot, is_waiting, settle, untwist
-from ppl.inference.html import recorder_for
+from ppl.inference.execution import Execution, Snapshot, is_waiting
 from ppl.inference.metropolis import MHKernel
-from ppl.inference.notices import InferenceWarning as InferenceWarning  # its old home
-from ppl.inference.notices import count, fits, warn
+from ppl.inference.notices import count, fits
 from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior, counts_mask_leaks
-from ppl.inference.progress import particles_bar, particles_status
-from ppl.inference.weights import ess_of, log_sum_exp, normalise
+from ppl.inference.progress import particles_bar
+from ppl.inference.record import recorder_for
+from ppl.inference.weights import normalise
 
 
 @counts_mask_leaks
@@ -161,174 +162,84 @@ def _run(
     fits(f"{method} with particles={n}", n)
     start = time.perf_counter()
     engine = Engine(program, args, kwargs, seed, errors)
-    ps = engine.new_particles(n)
-    # resample-move keeps each particle's snapshots and its cumulative log weight at the last
-    # resampling (`carried`): the particle's log weight is reset to 0 there, the MCMC target
-    # needs the whole weight
-    histories: list[list[Snapshot]] | None = [[] for _ in range(n)] if rejuvenation else None
-    carried = np.zeros(n)
-    recorder = recorder_for(record, n)
-    log_z = 0.0
-    ess_steps: list[float] = []
-    log_z_steps: list[float] = []
-    resampled: list[int] = []
-    ancestors: list[np.ndarray] = []
-    moves = accepted = 0
-    step = 0
+    where = f"raised while running {program.__qualname__} under {method}"
+    rejuvenate = _Rejuvenation(rejuvenation, engine, n) if rejuvenation is not None else None
+
+    def ancestors(rng: np.random.Generator, state: kernel.SMCState) -> np.ndarray | None:
+        if threshold > 0 and state.ess < threshold * n:
+            return np.asarray(resampler(rng, normalise(state.log_weights), n))
+        return None
+
     bar = particles_bar(progress, method, n)
+    monitor = kernel.Monitor(n, bar, recorder_for(record, n))
     try:
-        running = ps
-        while True:
-            try:
-                engine.advance(running)
-            except Exception as e:
-                _note(
-                    e, f"raised while running {program.__qualname__} under {method} at step {step}"
-                )
-                raise
-            settle(running)
-            lw = np.array([p.log_weight for p in ps])
-            ess = ess_of(lw)
-            ess_steps.append(ess)
-            log_z_steps.append(log_z + log_sum_exp(lw) - math.log(n))
-            if bar.due():
-                bar.show(*particles_status(step, ps, ess, n, log_z_steps[-1]))
-            if recorder is not None:
-                recorder.step(ps, lw)
-            if not any(is_waiting(p) for p in ps):
-                break
-            if threshold > 0 and ess < threshold * n:
-                log_z += log_sum_exp(lw) - math.log(n)
-                idx = np.asarray(resampler(engine.rng, normalise(lw), n))
-                carried = carried[idx] + lw[idx]
-                ps = _resample(ps, idx)
-                resampled.append(step)
-                ancestors.append(idx)
-                if recorder is not None:
-                    recorder.resampled(idx)
-                if histories is not None:
-                    histories = [list(histories[i]) for i in idx.tolist()]
-                    ps, histories, carried, k = _rejuvenate(
-                        rejuvenation, engine, ps, histories, carried, step
-                    )
-                    moves += n
-                    accepted += k
-            running = [p for p in ps if is_waiting(p)]
-            if histories is not None:
-                for i, p in enumerate(ps):
-                    if is_waiting(p):
-                        snap = p.fork()
-                        snap.log_weight += carried[i]
-                        histories[i].append(Snapshot(step, snap, p.pending[0] == "sample"))
-            engine.resolve(running)
-            for p in running:
-                untwist(p)
-            step += 1
-        bar.show(*particles_status(step, ps, ess, n, log_z_steps[-1]))
+        state = kernel.init(engine, engine.new_particles(n), where=where)
+        monitor.saw(state)
+        while state.waiting:
+            state, info = kernel.step(engine, state, ancestors, rejuvenate, where=where)
+            if info.ancestors is not None:
+                monitor.resampled_after(state.step - 1, info.ancestors)
+            monitor.saw(state)
+        monitor.done(state.step, state.particles)
     finally:
         bar.close()
-    log_z += log_sum_exp(lw) - math.log(n)
-    post = _posterior(method, engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
-    post.stats["steps"] = step
-    post.stats["ess_threshold"] = threshold  # resampling when ESS < ess_threshold * particles
-    post.log_evidence_steps = np.asarray(log_z_steps)
-    if rejuvenation is not None:
-        post.acceptance = np.array([accepted / moves if moves else 0.0])
-    if recorder is not None:
-        recorder.finish(post)
+    log_z = kernel.final_log_evidence(state)
+    post = monitor.posterior(
+        method,
+        engine,
+        state.particles,
+        state.log_weights,
+        log_z,
+        start,
+        state.step,
+        ess_threshold=threshold,  # resampling when ESS < ess_threshold * particles
+    )
+    if rejuvenate is not None:
+        post.acceptance = np.array([rejuvenate.rate()])
+    monitor.finish(post)
     return post
 
 
-def _rejuvenate(
-    kernel: Any,
-    engine: Engine,
-    ps: list[Particle],
-    histories: list[list[Snapshot]],
-    carried: np.ndarray,
-    step: int,
-) -> tuple[list[Particle], list[list[Snapshot]], np.ndarray, int]:
-    """Apply the kernel to every particle, at the cumulative weights the MCMC target needs."""
-    states = []
-    for p, h, c in zip(ps, histories, carried):
-        p.log_weight += c  # 0 since the resampling: now the whole weight
-        states.append(Execution(p, h, step))
-    states, accepted = kernel(engine, states, step)
-    out = []
-    new_carried = np.zeros(len(states))
-    for i, x in enumerate(states):
-        new_carried[i] = x.particle.log_weight
-        x.particle.log_weight = 0.0
-        out.append(x.particle)
-    return out, [x.history for x in states], new_carried, accepted
+class _Rejuvenation:
+    """Resample-move: the kernel's `update`, keeping each particle's snapshots and moving every
+    particle with the MCMC kernel after each resampling, at the cumulative weights its target
+    needs (a particle's log weight is reset to 0 at a resampling; `carried` keeps the rest)."""
 
+    def __init__(self, mcmc: Any, engine: Engine, n: int) -> None:
+        self.mcmc = mcmc
+        self.engine = engine
+        self.histories: list[list[Snapshot]] = [[] for _ in range(n)]
+        self.moves = self.accepted = 0
 
-def _resample(ps: list[Particle], idx: np.ndarray) -> list[Particle]:
-    """The particles at `idx`, each copy after the first a fork; weights reset to 1."""
-    out = []
-    taken: set[int] = set()
-    for i in idx.tolist():
-        p = ps[i]
-        if i in taken:
-            p = p.fork()
-        else:
-            taken.add(i)
-        out.append(p)
-    for p in out:
-        p.log_weight = 0.0
-    return out
+    def __call__(
+        self, ps: list[Particle], carried: np.ndarray, idx: np.ndarray | None, step: int
+    ) -> tuple[list[Particle], np.ndarray]:
+        if idx is not None:
+            self.histories = [list(self.histories[i]) for i in idx.tolist()]
+            ps, carried = self._move(ps, carried, step)
+        for i, p in enumerate(ps):
+            if is_waiting(p):
+                self.histories[i].append(kernel.snapshot(p, carried[i], step))
+        return ps, carried
 
+    def _move(
+        self, ps: list[Particle], carried: np.ndarray, step: int
+    ) -> tuple[list[Particle], np.ndarray]:
+        states = []
+        for p, h, c in zip(ps, self.histories, carried):
+            p.log_weight += c  # 0 since the resampling: now the whole weight
+            states.append(Execution(p, h, step))
+        states, accepted = self.mcmc(self.engine, states, step)
+        self.moves += len(states)
+        self.accepted += accepted
+        out = []
+        new_carried = np.zeros(len(states))
+        for i, x in enumerate(states):
+            new_carried[i] = x.particle.log_weight
+            x.particle.log_weight = 0.0
+            out.append(x.particle)
+        self.histories = [x.history for x in states]
+        return out, new_carried
 
-def _posterior(
-    method: str,
-    engine: Engine,
-    ps: list[Particle],
-    lw: np.ndarray,
-    log_z: float,
-    ess_steps: list[float],
-    resampled: list[int],
-    ancestors: list[np.ndarray],
-    start: float,
-) -> Posterior:
-    n = len(ps)
-    rejected = Counter(str(site) for site in engine.rejections)
-    raised = Counter(engine.errors_seen)
-    failure = None
-    if log_z == -math.inf:
-        reasons = [f"{k} rejected by {site}" for site, k in rejected.most_common()]
-        reasons += [f"{k} raised {err}" for err, k in raised.most_common()]
-        failure = (
-            f"all {n} particles have zero weight ("
-            + "; ".join(reasons or ["no reason recorded"])
-            + ")"
-        )
-        warn(f"{method}: {failure}")
-    elif raised:
-        warn(
-            f"{method}: {sum(raised.values())} particles raised and were dropped: "
-            + "; ".join(raised)
-        )
-    stats = {
-        "particles": n,
-        "steps": engine.steps,
-        "seconds": time.perf_counter() - start,
-        "seed": engine.seed,
-        **engine.counters(),
-    }
-    return Posterior(
-        method=method,
-        values=[p.value if p.done and p.log_weight > -math.inf else None for p in ps],
-        log_weights=lw,
-        log_evidence=log_z,
-        ess=np.asarray(ess_steps),
-        resampled=resampled,
-        ancestors=ancestors,
-        traces=[p.to_trace() for p in ps],
-        failure=failure,
-        diagnostics={"rejected_by": dict(rejected), "errors": dict(raised)},
-        stats=stats,
-    )
-
-
-def _note(e: BaseException, text: str) -> None:
-    if hasattr(e, "add_note"):
-        e.add_note(text)
+    def rate(self) -> float:
+        return self.accepted / self.moves if self.moves else 0.0

@@ -31,15 +31,16 @@ from typing import Any
 import numpy as np
 
 from ppl.compiler import Program
+from ppl.inference import kernel
 from ppl.inference import resampling as _resampling
 from ppl.inference.engine import Engine, Particle
 from ppl.inference.execution import is_waiting, settle, untwist
-from ppl.inference.html import recorder_for
 from ppl.inference.notices import count, fits
 from ppl.inference.options import checks_options
 from ppl.inference.posterior import Posterior, counts_mask_leaks
-from ppl.inference.progress import Bar, particles_bar, particles_status
-from ppl.inference.weights import ess_of, log_sum_exp, normalise
+from ppl.inference.progress import Bar, particles_bar
+from ppl.inference.record import recorder_for
+from ppl.inference.weights import normalise
 
 
 def extend(engine: Engine, ps: list[Particle], children: int) -> list[Particle]:
@@ -145,20 +146,12 @@ def _steer(
         p.log_weight = -math.log(n)
     engine.advance(ps)
     settle(ps)
-    recorder = recorder_for(record, n)
-    ess_steps: list[float] = []
-    log_z_steps: list[float] = []
-    resampled: list[int] = []
-    ancestors: list[np.ndarray] = []
+    monitor = kernel.Monitor(n, bar, recorder_for(record, n))
     step = 0
     while True:
-        lw = np.array([p.log_weight for p in ps])
-        ess_steps.append(ess_of(lw))
-        log_z_steps.append(log_sum_exp(lw))
-        if bar.due():
-            bar.show(*particles_status(step, ps, ess_steps[-1], n, log_z_steps[-1]))
-        if recorder is not None:
-            recorder.step(ps, lw)
+        # weights start at 1/N: their sum, not their mean, is the evidence estimate
+        lw, ess, log_z = kernel.weigh(ps)
+        monitor.weighed(step, ps, lw, ess, log_z)
         if not any(is_waiting(p) for p in ps):
             break
         # children keep their parent's identity through `extend`: record who came from whom
@@ -168,31 +161,21 @@ def _steer(
                 owner.extend([i] * (children if is_waiting(p) else 1))
         kids = extend(engine, ps, int(children))
         ps, kept = select(engine.rng, kids, n)
-        anc = np.array([owner[j] for j in kept.tolist()], dtype=np.int64)
-        resampled.append(step)
-        ancestors.append(anc)
-        if recorder is not None:
-            recorder.resampled(anc)
+        monitor.resampled_after(step, np.array([owner[j] for j in kept.tolist()], dtype=np.int64))
         step += 1
         if not ps:  # every child died at this step: its ESS is 0 and its evidence estimate 0
-            ess_steps.append(0.0)
-            log_z_steps.append(-math.inf)
+            monitor.ess.append(0.0)
+            monitor.log_evidence.append(-math.inf)
             break
-    bar.show(*particles_status(step, ps, ess_steps[-1], n, log_z_steps[-1]))
-    lw = np.array([p.log_weight for p in ps]) if ps else np.zeros(0)
-    from ppl.inference.smc import _posterior
-
-    log_z = log_sum_exp(lw)
+    monitor.done(step, ps)
     if not ps:  # every child died: keep the shape of a failed run
         ps = engine.new_particles(1)
         ps[0].log_weight = -math.inf
-        lw = np.array([-math.inf])
+        lw, log_z = np.array([-math.inf]), -math.inf
     # Posterior weights are normalised from the log weights; log_weights stay the unnormalised
     # W_i (their sum is the evidence estimate)
-    post = _posterior("smc_steer", engine, ps, lw, log_z, ess_steps, resampled, ancestors, start)
-    post.stats["steps"] = step
-    post.stats["children"] = int(children)
-    post.log_evidence_steps = np.asarray(log_z_steps)
-    if recorder is not None:
-        recorder.finish(post)
+    post = monitor.posterior(
+        "smc_steer", engine, ps, lw, log_z, start, step, children=int(children)
+    )
+    monitor.finish(post)
     return post

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from ppl.inference.engine import Engine
-from ppl.inference.mcmc import Execution, run_forward
+from ppl.inference.execution import Execution, run_forward
 from tests.inference.toy import exact_posterior
 
 Z_EXACT, P_EXACT = exact_posterior()

@@ -14,6 +14,7 @@ import pytest
 
 import ppl
 import ppl.inference.html as html_view
+import ppl.inference.record as record
 from ppl import condition, factor, program, sample
 from ppl.distributions import Bernoulli
 from ppl.models import FunctionLM
@@ -136,7 +137,7 @@ def test_record_false_keeps_none_and_html_says_how_to_get_one():
 
 
 def test_the_automatic_rule_leaves_out_large_runs(monkeypatch):
-    monkeypatch.setattr(html_view, "AUTO_PARTICLES", 4)
+    monkeypatch.setattr(record, "AUTO_PARTICLES", 4)
     assert ppl.smc(cities, particles=4, seed=0).history is not None
     big = ppl.smc(cities, particles=5, seed=0)
     assert big.history is None
@@ -146,7 +147,7 @@ def test_the_automatic_rule_leaves_out_large_runs(monkeypatch):
 
 
 def test_the_automatic_rule_drops_a_record_that_grows_too_big(monkeypatch):
-    monkeypatch.setattr(html_view, "AUTO_BYTES", 1500)
+    monkeypatch.setattr(record, "AUTO_BYTES", 1500)
     post = ppl.smc(cities, particles=6, seed=0, ess_threshold=1.0)
     assert post.history is None
     assert "dropped at step" in post.diagnostics["record"]

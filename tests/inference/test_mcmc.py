@@ -21,7 +21,7 @@ import ppl
 from ppl import condition, program, sample
 from ppl.distributions import Bernoulli
 from ppl.inference.engine import Engine
-from ppl.inference.mcmc import Restart, UniformToken, mh_init, mh_step
+from ppl.inference.metropolis import Restart, UniformToken, mh_init, mh_step
 from tests.inference.checks import (
     chi_square_pvalue,
     exact_chains,

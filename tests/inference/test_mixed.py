@@ -17,7 +17,8 @@ from scipy import stats
 
 import ppl
 from ppl.inference.engine import Engine
-from ppl.inference.mcmc import Execution, Restart, UniformToken, mh_step, run_forward
+from ppl.inference.execution import Execution, run_forward
+from ppl.inference.metropolis import Restart, UniformToken, mh_step
 from tests.inference.checks import (
     check_unbiased,
     chi_square_pvalue,

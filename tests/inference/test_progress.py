@@ -114,7 +114,7 @@ def test_status_is_worked_out_only_when_the_bar_refreshes(monkeypatch, capfd):
         calls.append(args[0])
         return real(*args)
 
-    monkeypatch.setattr(sys.modules["ppl.inference.smc"], "particles_status", counting)
+    monkeypatch.setattr(sys.modules["ppl.inference.kernel"], "particles_status", counting)
     monkeypatch.setattr(progress, "INTERVAL", 1e6)
     post = ppl.smc(no_double_a, particles=8, seed=0, progress=True)
     assert post.stats["steps"] > 2
