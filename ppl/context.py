@@ -29,10 +29,7 @@ import torch
 
 from ppl import next_token as _next_token
 from ppl.models import base as _models
-from ppl.models.base import Token as Token  # its home: a vocabulary entry of a model
-
-# the names ppl.inference (engine, exact, serialize) imports from here; their home: next_token
-from ppl.next_token import SAMPLE_CONTINUATION as SAMPLE_CONTINUATION
+from ppl.models.base import Token
 from ppl.next_token import Continuation, NextToken
 
 if TYPE_CHECKING:

@@ -26,10 +26,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ppl.compiler import Code, Program
-from ppl.context import SAMPLE_CONTINUATION, Continuation, NextToken, Token
 from ppl.distributions import Proposed
 from ppl.loops import PLAIN_ITERATORS, copy_iterator
-from ppl.models.base import check_fed
+from ppl.models.base import Token, check_fed
+from ppl.next_token import SAMPLE_CONTINUATION, Continuation, NextToken
 from ppl.primitives import PRIMITIVES, parse_args
 from ppl.runtime import _IN_COMPILED, as_log_weight, generators, raised_by_ppl
 from ppl.trace import Choice, Site, Trace

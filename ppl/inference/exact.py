@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from ppl.compiler import Program
-from ppl.context import Continuation, NextToken
 from ppl.inference.engine import Engine, Frame, Particle, _Trace
 from ppl.inference.notices import warn
 from ppl.inference.posterior import Posterior
+from ppl.next_token import Continuation, NextToken
 from ppl.trace import Choice, Site
 
 #: the default bound on the executions (finished or not) that `exact` walks

@@ -50,7 +50,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ppl._version import __version__
-from ppl.context import Context, NextToken, Token
+from ppl.context import Context
+from ppl.models.base import Token
+from ppl.next_token import NextToken
 from ppl.trace import Choice, Site, Trace
 
 if TYPE_CHECKING:  # `Posterior`'s methods import this module: it does not import them back

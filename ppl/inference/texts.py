@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ppl.context import Token
+from ppl.models.base import Token
 
 if TYPE_CHECKING:
     from ppl.inference.engine import _Trace
