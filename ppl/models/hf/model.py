@@ -57,9 +57,9 @@ from ppl.models.spec import (
     KV_BLOCK,
     KV_CACHES,
     STEPS,
+    KVOptions,
     ModelSpec,
     _build_spec,
-    check_cache_options,
     is_plain,
     register,
     resolve_device,
@@ -106,10 +106,10 @@ class HFModel(LanguageModel):
         *,
         kv_cache: str = KV_CACHES[0],
         kv_block: int = KV_BLOCK,
-        step: str = "auto",
+        step: str = STEPS[0],
     ) -> None:
         super().__init__()
-        check_cache_options(kv_cache, kv_block, step)
+        KVOptions(kv_cache, kv_block, step)  # raises for a bad setting
         self._groups: weakref.WeakSet[KVGroup] = weakref.WeakSet()  # batches still in use
         from transformers import DynamicCache
 
@@ -205,7 +205,7 @@ class HFModel(LanguageModel):
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        check_cache_options(kv_cache, kv_block, step)  # before the weights are loaded
+        kv = KVOptions(kv_cache, kv_block, step)  # checked before the weights are loaded
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         options = dict(kwargs)  # before the dtype and gguf_file keys below are added
@@ -232,21 +232,9 @@ class HFModel(LanguageModel):
             model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
-        lm = cls(model, tokenizer, kv_cache=kv_cache, kv_block=kv_block, step=step)
+        lm = cls(model, tokenizer, **kv.keywords())
         if all(is_plain(v) for v in options.values()):
-            register(
-                lm,
-                ModelSpec(
-                    "hf",
-                    name_or_path,
-                    dtype,
-                    device,
-                    options,
-                    kv_cache=kv_cache,
-                    kv_block=kv_block,
-                    step=step,
-                ),
-            )
+            register(lm, ModelSpec("hf", name_or_path, dtype, device, options, **kv.keywords()))
         return lm
 
     # -- how decode steps run --------------------------------------------------------------------
@@ -270,8 +258,7 @@ class HFModel(LanguageModel):
 
     @step.setter
     def step(self, step: str) -> None:
-        if step not in STEPS:
-            raise ValueError(f"unknown step {step!r}: use one of {', '.join(map(repr, STEPS))}")
+        KVOptions(step=step)  # raises for an unknown step
         cuda = self.device.type == "cuda"
         fixed_ok = self._pool is not None and self._mask_kind is not None
         if step == "auto":
