@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from ppl.compiler import Program
+from ppl.inference.builders import exact_posterior
 from ppl.inference.engine import Engine, Frame, Particle, _Trace
-from ppl.inference.notices import warn
 from ppl.inference.posterior import Posterior
 from ppl.next_token import Continuation, NextToken
 from ppl.trace import Choice, Site
@@ -123,7 +120,7 @@ def exact(
         for p, values in branches:
             for value, log_p in values:
                 frontier.append(_take(engine, p, value, log_p))
-    return _posterior(engine, finished, made, start)
+    return exact_posterior(engine, finished, made, start)
 
 
 def _branches(
@@ -161,37 +158,3 @@ def _take(engine: Engine, p: Particle, value: Any, log_p: float) -> Particle:
     q.frames[-1].L[target] = value
     q.log_weight += log_p  # the execution's probability, not a proposal's correction
     return q
-
-
-def _posterior(engine: Engine, finished: list[Particle], made: int, start: float) -> Posterior:
-    lw = np.array([p.log_weight for p in finished], dtype=float)
-    log_z = float(np.logaddexp.reduce(lw)) if len(lw) else -math.inf
-    failure = None
-    if log_z == -math.inf:
-        rejected = Counter(str(site) for site in engine.rejections)
-        reasons = [f"{k} rejected by {site}" for site, k in rejected.most_common()]
-        failure = (
-            "every execution has zero weight ("
-            + ("; ".join(reasons) or "no execution finished")
-            + ")"
-        )
-        warn(f"exact: {failure}")
-    w = np.exp(lw - log_z) if len(lw) and log_z > -math.inf else np.zeros(len(lw))
-    ess = 1.0 / float(np.sum(w**2)) if w.sum() > 0 else 0.0
-    return Posterior(
-        method="exact",
-        values=[p.value for p in finished],
-        log_weights=lw,
-        log_evidence=log_z,
-        ess=np.array([ess]),
-        traces=[p.to_trace() for p in finished],
-        failure=failure,
-        diagnostics={"rejected_by": dict(Counter(str(s) for s in engine.rejections))},
-        stats={
-            "executions": made,
-            "finished": len(finished),
-            "steps": engine.steps,
-            "seconds": time.perf_counter() - start,
-            **engine.counters(),
-        },
-    )

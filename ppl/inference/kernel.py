@@ -23,22 +23,20 @@ sweeps of `pimh`, `pgibbs` and `mh(init="smc")` (`ppl.inference.particle_mcmc`: 
 resampling at every step, conditional SMC holding particle 0 on its reference). `smc_steer`
 (`ppl.inference.steer`) steps differently, children per particle and survivors without
 replacement, and shares the rest: `weigh`, `Monitor` (what a run keeps of each step) and
-`particle_posterior` (the `Posterior` of a particle run).
+`particle_posterior` (`ppl.inference.builders`: the `Posterior` of a particle run).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ppl.inference.builders import particle_posterior
 from ppl.inference.engine import Engine, Particle
 from ppl.inference.execution import Snapshot, is_waiting, settle, untwist
-from ppl.inference.notices import warn
 from ppl.inference.posterior import Posterior
 from ppl.inference.progress import Bar, particles_status
 from ppl.inference.weights import ess_of, log_sum_exp
@@ -241,56 +239,3 @@ class Monitor:
     def finish(self, post: Posterior) -> None:
         if self.recorder is not None:
             self.recorder.finish(post)
-
-
-def particle_posterior(
-    method: str,
-    engine: Engine,
-    ps: list[Particle],
-    lw: np.ndarray,
-    log_z: float,
-    ess_steps: list[float],
-    resampled: list[int],
-    ancestors: list[np.ndarray],
-    start: float,
-) -> Posterior:
-    """The `Posterior` of a particle run: its particles' values, traces and log weights, the
-    evidence estimate, and why it failed when every particle has zero weight."""
-    n = len(ps)
-    rejected = Counter(str(site) for site in engine.rejections)
-    raised = Counter(engine.errors_seen)
-    failure = None
-    if log_z == -math.inf:
-        reasons = [f"{k} rejected by {site}" for site, k in rejected.most_common()]
-        reasons += [f"{k} raised {err}" for err, k in raised.most_common()]
-        failure = (
-            f"all {n} particles have zero weight ("
-            + "; ".join(reasons or ["no reason recorded"])
-            + ")"
-        )
-        warn(f"{method}: {failure}")
-    elif raised:
-        warn(
-            f"{method}: {sum(raised.values())} particles raised and were dropped: "
-            + "; ".join(raised)
-        )
-    stats = {
-        "particles": n,
-        "steps": engine.steps,
-        "seconds": time.perf_counter() - start,
-        "seed": engine.seed,
-        **engine.counters(),
-    }
-    return Posterior(
-        method=method,
-        values=[p.value if p.done and p.log_weight > -math.inf else None for p in ps],
-        log_weights=lw,
-        log_evidence=log_z,
-        ess=np.asarray(ess_steps),
-        resampled=resampled,
-        ancestors=ancestors,
-        traces=[p.to_trace() for p in ps],
-        failure=failure,
-        diagnostics={"rejected_by": dict(rejected), "errors": dict(raised)},
-        stats=stats,
-    )

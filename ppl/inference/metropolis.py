@@ -64,7 +64,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ppl.compiler import Program
-from ppl.inference.chains import ZeroEvidence, _chain_posterior, _rejections, failed_posterior
+from ppl.inference.builders import ZeroEvidence, chain_posterior, failed_posterior, rejections
 from ppl.inference.engine import Choice, Engine
 from ppl.inference.execution import Execution, run_forward
 from ppl.inference.notices import count, fits
@@ -214,7 +214,7 @@ def _init_prior(engine: Engine, chains: int, tries: int) -> list[Execution]:
     if missing:
         raise ZeroEvidence(
             f"no execution with positive weight for {missing} of {chains} chains after "
-            f"{tries} runs of the program each; rejections: {_rejections(engine)}"
+            f"{tries} runs of the program each; rejections: {rejections(engine)}"
         )
     return states  # type: ignore[return-value]
 
@@ -227,7 +227,7 @@ def _init_smc(engine: Engine, chains: int) -> list[Execution]:
     if w.sum() == 0:
         raise ZeroEvidence(
             f"init='smc': every one of the {chains} particles of the SMC sweep has zero "
-            f"weight; rejections: {_rejections(engine)}"
+            f"weight; rejections: {rejections(engine)}"
         )
     return [_restart_from(runs[i]) for i in engine.rng.choice(chains, size=chains, p=w)]
 
@@ -378,7 +378,7 @@ def mh(
                 bar.show(*chains_status(chains, s + 1, total, rate, warmup))
     finally:
         bar.close()
-    post = _chain_posterior("mh", engine, kept, accepted / steps, start, None)
+    post = chain_posterior("mh", engine, kept, accepted / steps, start, None)
     post.stats["init"] = init if isinstance(init, str) else f"{init.method} Posterior"
     post.stats["init_forward_calls"] = init_cost["forward_calls"]
     post.stats["init_tokens_fed"] = init_cost["tokens_fed"]

@@ -21,7 +21,7 @@ import numpy as np
 from ppl.compiler import Program
 from ppl.inference import kernel
 from ppl.inference import resampling as _resampling
-from ppl.inference.chains import _chain_posterior, _rejections, failed_posterior
+from ppl.inference.builders import chain_posterior, failed_posterior, rejections
 from ppl.inference.engine import Engine, Particle
 from ppl.inference.execution import Execution, is_waiting
 from ppl.inference.notices import count, fits
@@ -150,11 +150,11 @@ def pimh(
         bar.close()
     if not kept:
         failure = (
-            f"every one of {steps} SMC sweeps gave zero evidence; rejections: {_rejections(engine)}"
+            f"every one of {steps} SMC sweeps gave zero evidence; rejections: {rejections(engine)}"
         )
         return failed_posterior("pimh", engine, failure, start, -math.inf)
     log_evidence = log_sum_exp(np.array(sweeps)) - math.log(len(sweeps))
-    return _chain_posterior(
+    return chain_posterior(
         "pimh", engine, [kept], np.array([accepted / steps]), start, log_evidence
     )
 
@@ -213,10 +213,10 @@ def pgibbs(
     if not kept:
         failure = (
             f"none of {steps} SMC sweeps found an execution with positive weight; "
-            f"rejections: {_rejections(engine)}"
+            f"rejections: {rejections(engine)}"
         )
         return failed_posterior("pgibbs", engine, failure, start, None)
-    return _chain_posterior(
+    return chain_posterior(
         "pgibbs", engine, [kept], np.array([changed / max(1, len(kept) - 1)]), start, None
     )
 
