@@ -243,6 +243,7 @@ def test_two_processes_building_at_once_both_get_a_whole_entry(source, tmp_path)
 def test_off_converts_directly_and_writes_nothing(source, tmp_path, monkeypatch, how):
     import transformers
 
+    from ppl.models.hf import gguf
     from ppl.models.hf import model as hf_model
 
     class Reached(Exception):
@@ -255,7 +256,7 @@ def test_off_converts_directly_and_writes_nothing(source, tmp_path, monkeypatch,
         raise AssertionError("the weights cache was used")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", direct)
-    monkeypatch.setattr(hf_model, "cached", no_cache)
+    monkeypatch.setattr(gguf, "cached", no_cache)
     options = {"weights_cache": False}
     if how == "environment":
         monkeypatch.setenv("PPL_CACHE_DIR", "off")

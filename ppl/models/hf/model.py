@@ -3,30 +3,26 @@
 >>> lm = HFModel.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
 >>> ctx = lm.context(lm.chat("Name a colour."))  # doctest: +SKIP
 
-This module runs the model; what it runs on lives beside it in `ppl.models.hf`: the token bytes
-(`tokens`), the two KV caches (the paged one: `block_pool` keeps the blocks and hands them to
-sequences, `paged` plans each forward pass's reads and writes; the other: `batch_cache`), the
-fixed-shape decode steps and CUDA graphs (`fixed_step`) and the differences between
-transformers releases (`compat`). Each module's docstring states its part of the design.
+This module builds the model and keeps its settings and counts; the rest lives beside it in
+`ppl.models.hf`: the forward passes (`forward`), the token bytes (`tokens`), the two KV caches
+(the paged one: `block_pool` keeps the blocks and hands them to sequences, `paged` plans each
+forward pass's reads and writes; the other: `batch_cache`), the fixed-shape decode steps and
+CUDA graphs (`fixed_step`), the differences between transformers releases (`compat`) and the
+GGUF weights cache (`gguf`). Each module's docstring states its part of the design.
 
-Forward passes
---------------
+How it runs
+-----------
 Every `_extend` call is one forward pass over a batch of rows, one row per sequence, fed only
-each row's new tokens; the keys and values of what came before come from the cache. Rows of one
-batch can have different lengths: each row's past is left-padded to the longest past (`past`),
-new tokens are right-padded to the longest row (`width`), the padding is masked out with the 2D
-attention mask, and explicit position ids keep every real token at its true position. When
-every row has `past` real tokens and `width` new ones, no mask is needed and the model numbers
-the positions itself (the common step of a run: one new token per row).
-
-Two caches do this (`HFModel(..., kv_cache=...)`); both give the same log-probabilities. The
-paged cache ("paged", the default) stores each token once per distinct prefix, in blocks shared
-by reference; a forward pass over it takes the pool's lock, and `lm.kv_bytes` counts the
-blocks in use, `lm.kv_reserved_bytes` the pool's capacity. It needs transformers' cache layers
-(4.56 and later); with older releases the model uses the batch cache ("batch"), where every
-row of a forward pass keeps its whole sequence. With `step="buckets"` or `"graphs"` (the
-default on CUDA), the decode steps of the paged cache run in a handful of fixed shapes, as CUDA
-graphs with "graphs" (`HFModel.step`).
+each row's new tokens (`forward`, which states how rows of different lengths share a pass).
+Two caches hold the keys and values of what came before (`HFModel(..., kv_cache=...)`); both
+give the same log-probabilities. The paged cache ("paged", the default) stores each token once
+per distinct prefix, in blocks shared by reference; a forward pass over it takes the pool's
+lock, and `lm.kv_bytes` counts the blocks in use, `lm.kv_reserved_bytes` the pool's capacity.
+It needs transformers' cache layers (4.56 and later); with older releases the model uses the
+batch cache ("batch"), where every row of a forward pass keeps its whole sequence. With
+`step="buckets"` or `"graphs"` (the default on CUDA), the decode steps of the paged cache run
+in a handful of fixed shapes, as CUDA graphs with "graphs" (`HFModel.step`). A local GGUF file
+is read through the weights cache.
 """
 
 from __future__ import annotations
@@ -39,19 +35,17 @@ from typing import Any
 import torch
 
 from ppl.models.base import LanguageModel
-from ppl.models.hf.batch_cache import KVGroup, KVState, gather_past, group_rows
-from ppl.models.hf.block_pool import MIN_GROWTH, BlockPool, PagedState
+from ppl.models.hf.batch_cache import KVGroup
+from ppl.models.hf.block_pool import MIN_GROWTH, BlockPool
 from ppl.models.hf.compat import (
-    cache_from_tensors,
     context_window,
     dtype_keyword,
     forward_args,
     has_cache_layers,
-    output_cache,
-    tensors_from_cache,
 )
-from ppl.models.hf.fixed_step import GRAPH_MIN_GROWTH, FixedStep, key_bucket, row_bucket
-from ppl.models.hf.paged import PagedPlan, paged_cache
+from ppl.models.hf.fixed_step import GRAPH_MIN_GROWTH, FixedStep
+from ppl.models.hf.forward import forward_batch, forward_paged
+from ppl.models.hf.gguf import load_gguf_cached
 from ppl.models.hf.tokens import token_bytes_of
 from ppl.models.spec import (
     KV_BLOCK,
@@ -66,7 +60,6 @@ from ppl.models.spec import (
     resolve_dtype,
 )
 from ppl.models.weights_cache import cache_dir as weights_cache_dir
-from ppl.models.weights_cache import cached
 
 #: keyword arguments of `from_pretrained` that say where on the Hub a model is (the tokenizer
 #: takes them too); a model read from the weights cache needs none of them
@@ -216,7 +209,7 @@ class HFModel(LanguageModel):
         local_gguf = Path(name_or_path, kwargs.get("subfolder", ""), gguf_file or "")
         if gguf_file is not None and cache_root is not None and local_gguf.is_file():
             rest = {k: v for k, v in kwargs.items() if k not in shared}
-            tokenizer, model = _load_gguf_cached(
+            tokenizer, model = load_gguf_cached(
                 local_gguf,
                 dtype,
                 cache_root,
@@ -355,184 +348,9 @@ class HFModel(LanguageModel):
         if lowest < 0 or highest >= self.vocab_size:
             raise ValueError(f"HFModel._extend: a token id is outside 0..{self.vocab_size - 1}")
         if self._pool is None:
-            return self._forward_batch(parents, new_tokens, score)
+            return forward_batch(self, parents, new_tokens, score)
         with self._pool.lock:  # one forward pass at a time writes to the pool
-            return self._forward_paged(parents, new_tokens, score)
-
-    def _forward_batch(
-        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool] | None
-    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
-        """`_forward` with the "batch" cache: the output is a new `KVGroup`."""
-        n = len(parents)
-        lens = [len(t) for t in new_tokens]
-        width = max(lens)
-        device = self.device
-
-        groups, fresh = group_rows(parents)  # fresh: output rows extending the empty sequence
-        past = max((g.length for g, _, _ in groups.values()), default=0)
-        starts = [0] * n  # position id of each row's first new token
-        for g, out_rows, src_rows in groups.values():
-            for i, r in zip(out_rows, src_rows, strict=True):
-                starts[i] = g.next_pos[r]
-
-        # Without padding (every row's past is `past` real tokens and all rows get `width` new
-        # tokens) the model needs no mask and derives the positions itself. This is the common
-        # step of a run: rows of one unpadded group, one new token each.
-        dense = (
-            all(n_ == width for n_ in lens)
-            and all(g.mask is None and g.length == past for g, _, _ in groups.values())
-            and (past == 0 or not fresh)
-        )
-
-        with torch.inference_mode():
-            keys, values, past_mask = gather_past(groups, n, past, dense, device)
-            cache = cache_from_tensors(self._cache_cls, keys, values)
-            out, logprobs, scores, mask = self._run(
-                new_tokens, cache, past_mask, starts, dense, score
-            )
-            out_cache = output_cache(out)
-            keys, values = tensors_from_cache(out_cache)
-            del out_cache
-        del out, cache
-
-        group = KVGroup(keys, values, mask, [s + n_ for s, n_ in zip(starts, lens, strict=True)])
-        self._groups.add(group)
-        self._note_kv()
-        return [KVState(group, i) for i in range(n)], logprobs, scores
-
-    def _forward_paged(
-        self, parents: list[Any], new_tokens: list[list[int]], score: Sequence[bool] | None
-    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
-        """`_forward` with the "paged" cache (called holding the pool's lock)."""
-        pool = self._pool
-        assert pool is not None
-        lens = [len(t) for t in new_tokens]
-        width = max(lens)
-        device = self.device
-        pool.drain()  # blocks of states that died are free again before any is handed out
-        starts: list[int] = []  # each row's past length: the position id of its first new token
-        for parent in parents:
-            if parent is None:
-                starts.append(0)
-            elif type(parent) is PagedState and parent.pool is pool:
-                starts.append(parent.length)
-            else:
-                raise TypeError(f"not a state of this HFModel: {parent!r}")
-        past = max(starts)
-        if (
-            self._step != "eager"
-            and width == 1
-            and not (score is not None and any(score))
-            and pool.keys
-            and row_bucket(len(parents)) is not None
-        ):
-            return self._forward_fixed(parents, new_tokens, starts)
-
-        states, copy_src, copy_dst = pool.extend(parents, lens)
-        plan = PagedPlan.build(pool, states, starts, (copy_src, copy_dst), width, device)
-        with torch.inference_mode():
-            cache = paged_cache(self._cache_cls, plan, self._num_layers)
-            past_mask = None
-            if not plan.dense:
-                past_mask = torch.arange(past) >= (past - torch.tensor(starts)).unsqueeze(1)
-                past_mask = past_mask.to(device)
-            out, logprobs, scores, _ = self._run(
-                new_tokens, cache, past_mask, starts, plan.dense, score
-            )
-        del out, cache, plan
-        self._note_kv()
-        return states, logprobs, scores
-
-    def _forward_fixed(
-        self, parents: list[Any], new_tokens: list[list[int]], starts: list[int]
-    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor | None]]:
-        """`_forward_paged` for a decode step, in the fixed shape of its bucket (`FixedStep`)."""
-        pool = self._pool
-        assert pool is not None
-        n = len(parents)
-        rows, keys = row_bucket(n), key_bucket(max(starts))
-        assert rows is not None
-        states, copy_src, copy_dst = pool.extend(parents, [1] * n)
-        # padding rows' slot, allocated (once) before the tensors are sized for the step
-        scratch = pool.scratch_slot() if rows > n else 0
-        with torch.inference_mode():
-            pool.ensure_all()  # the tensors at the capacity the allocation may have raised
-            if self._steps_generation != pool.generation:  # new tensors: graphs name the old
-                self._steps.clear()
-                self._steps_generation = pool.generation
-            step = self._steps.get((rows, keys))
-            if step is None:
-                step = self._steps[rows, keys] = FixedStep(self, rows, keys)
-            step.load(states, starts, [t[0] for t in new_tokens], copy_src + copy_dst, scratch)
-            logprobs = step.run(n, self._step == "graphs").cpu()
-        self._note_kv()
-        return states, logprobs, [None] * n
-
-    def _run(
-        self,
-        new_tokens: list[list[int]],
-        cache: Any,
-        past_mask: torch.Tensor | None,
-        starts: list[int],
-        dense: bool,
-        score: Sequence[bool] | None,
-    ) -> tuple[Any, torch.Tensor, list[torch.Tensor | None], torch.Tensor | None]:
-        """Run the model on the new tokens after `cache` (in inference mode).
-
-        Returns its output, the next-token log-probabilities, the scores of the scored rows
-        and the key mask used (None when `dense`).
-        """
-        n = len(new_tokens)
-        lens = [len(t) for t in new_tokens]
-        width = max(lens)
-        device = self.device
-        ids = torch.tensor(
-            [t + [self._pad_id] * (width - len(t)) for t in new_tokens],
-            dtype=torch.long,
-            device=device,
-        )
-        kwargs: dict[str, Any] = {}
-        mask = None
-        if not dense:
-            new_mask = torch.arange(width, device=device) < torch.tensor(
-                lens, device=device
-            ).unsqueeze(1)
-            mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], 1)
-            kwargs["attention_mask"] = mask.long()
-            start = torch.tensor(starts, device=device).unsqueeze(1)
-            kwargs["position_ids"] = start + torch.arange(width, device=device)
-        # logits at each row's last real token only
-        last = [n_ - 1 for n_ in lens]
-        keep = sorted(set(last))  # positions whose logits are kept, in order
-        scoring = score is not None and any(score)
-        if self._keep_arg is None or scoring:
-            keep = list(range(width))
-        elif keep == [width - 1]:
-            kwargs[self._keep_arg] = 1
-        elif self._keep_arg == "logits_to_keep":
-            kwargs[self._keep_arg] = torch.tensor(keep, device=device)
-        else:  # `num_logits_to_keep` takes a count of trailing positions only
-            keep = list(range(keep[0], width))
-            kwargs[self._keep_arg] = len(keep)
-        kwargs[self._cache_arg] = cache
-        out = self.model(input_ids=ids, use_cache=True, **kwargs)
-        logits = out.logits  # [n, len(keep), vocab]
-        scores: list[torch.Tensor | None] = [None] * n
-        if scoring:  # every position kept: each fed token's log-probability
-            assert score is not None
-            for i in range(n):
-                if score[i] and lens[i] > 1:
-                    lp = torch.log_softmax(logits[i, : lens[i] - 1].float(), dim=-1)
-                    nxt = torch.tensor(new_tokens[i][1:], device=device).unsqueeze(1)
-                    scores[i] = lp.gather(1, nxt)[:, 0].cpu()
-        if len(keep) == 1:
-            logits = logits[:, 0]
-        else:
-            column = {p: j for j, p in enumerate(keep)}
-            pick = torch.tensor([column[p] for p in last], device=device)
-            logits = logits[torch.arange(n, device=device), pick]
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        return out, logprobs, scores, mask
+            return forward_paged(self, parents, new_tokens, score)
 
     @property
     def kv_bytes(self) -> int:
@@ -593,40 +411,3 @@ class HFModel(LanguageModel):
 
     def __copy__(self) -> HFModel:
         return self  # shared like `__deepcopy__`, rather than rebuilt through `__reduce__`
-
-
-def _load_gguf_cached(
-    gguf: Path, dtype: torch.dtype, cache_root: Path, *, trust_remote_code: Any, **kwargs: Any
-) -> tuple[Any, Any]:
-    """The tokenizer and model of a local GGUF file, read from the weights cache (converted and
-    written there first if they are not). `kwargs` go to the model's `from_pretrained`."""
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    remote = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
-
-    def read_gguf(**options: Any) -> tuple[Any, Any]:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **remote)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, **remote, **options, **{dtype_keyword(): dtype}
-        )
-        return tokenizer, model
-
-    def convert(directory: Path) -> None:
-        # the GGUF file dequantised to `dtype`, as an uncached load makes it; tied weights
-        # (the embeddings and the output layer) are written once
-        tokenizer, model = read_gguf()
-        save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(directory)
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-
-    directory = cached(gguf, str(dtype).removeprefix("torch."), convert, root=cache_root)
-    if directory is None:  # the cache cannot be written: load as if it were off
-        return read_gguf(**kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(directory, **remote)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, **remote, **kwargs, **{dtype_keyword(): dtype}
-    )
-    return tokenizer, model
