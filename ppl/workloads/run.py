@@ -189,33 +189,26 @@ def map(
     return results
 
 
-def imap(
-    method: Callable[..., Posterior],
-    program: Program,
-    inputs: Iterable[tuple | list | dict],
-    *,
-    seed: int | tuple[int, ...] | None = 0,
-    checkpoint: str | None = None,
-    rows: int | None = DEFAULT_ROWS,
-    in_flight: int | None = None,
-    model: Any = None,
-    on_error: str = "record",
-    progress: bool | None = None,
-    cluster: str | None = None,
-    workers: int | None = None,
-    resources: dict[str, float] | None = None,
-    retries: int = 2,
-    runtime_env: dict[str, Any] | None = None,
-    allow_pickle: bool = False,
-    **options: Any,
-) -> Running:
+def imap(*args: Any, **kwargs: Any) -> Running:
     """`ppl.map` that yields `(index, Posterior or ItemError)` as each item finishes.
+
+    Takes exactly the arguments of `ppl.map` (its signature is `map`'s, held once there).
 
     Everything is checked, and the checkpoint read, when `imap` is called; the items run as
     the iterator is read. Items already in the checkpoint come first. Every index is yielded
     exactly once. The iterator's `stats` fill in as it runs (see `Results`).
     """
-    return _imap(method, program, inputs, MapOptions.of(locals()))
+    try:
+        bound = _MAP_SIGNATURE.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"ppl.imap: {e} (it takes the arguments of ppl.map)") from None
+    bound.apply_defaults()
+    named = bound.arguments
+    return _imap(named["method"], named["program"], named["inputs"], MapOptions.of(named))
+
+
+_MAP_SIGNATURE = inspect.signature(map)
+imap.__signature__ = _MAP_SIGNATURE.replace(return_annotation=Running)  # type: ignore[attr-defined]
 
 
 def _imap(

@@ -198,3 +198,19 @@ def test_map_options_are_the_keyword_parameters_of_map_and_imap():
         params = inspect.signature(entry).parameters.values()
         own = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
         assert own == names, entry.__name__
+
+
+def test_imap_takes_exactly_the_arguments_of_map():
+    import inspect
+
+    assert list(inspect.signature(ppl.imap).parameters) == list(
+        inspect.signature(ppl.map).parameters
+    )
+    with pytest.raises(TypeError, match="ppl.imap: missing a required argument: 'inputs'"):
+        ppl.imap(ppl.smc, letters)
+    with pytest.raises(TypeError, match="ppl.imap: too many positional arguments"):
+        ppl.imap(ppl.smc, letters, INPUTS, 0)
+    # keywords reach the run as they do through map: the same items, the same seeds
+    running = ppl.imap(ppl.smc, letters, INPUTS[:2], seed=3, particles=3)
+    for i, post in running:
+        assert same_run(post, ppl.smc(letters, *INPUTS[i], seed=(3, i), particles=3))
