@@ -85,13 +85,16 @@ def _tiny_parts() -> tuple[Any, Any]:
     return tiny_llama(tokenizer), tokenizer
 
 
-def tiny_hf_lm(device: str | None = None, **options: Any) -> Any:
-    """A tiny random Llama as an `HFModel` (`options`: its kv_cache, kv_block, step)."""
+def tiny_hf_lm(device: str | None = None, dtype: str | None = None, **options: Any) -> Any:
+    """A tiny random Llama as an `HFModel` (`options`: its kv_cache, kv_block, step); float32
+    unless `dtype` names another ("auto" and None: float32)."""
     from ppl.models import HFModel
 
     model, tokenizer = _tiny_parts()
     if device is not None:
         model = model.to(device)
+    if dtype not in (None, "auto"):
+        model = model.to(getattr(torch, dtype))
     return HFModel(model, tokenizer, **options)
 
 

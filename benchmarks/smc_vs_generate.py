@@ -22,12 +22,16 @@ On a GPU (`--device cuda`) it also reports
   of N rows from transformers' static cache (`generate(cache_implementation="static")`, which
   transformers compiles into CUDA graphs on a GPU): the column `ref ms`.
 
+`--profile` adds, after the table, where one run of each spends its time: the model call (its
+attention layers, its output layer, the rest), ppl's code around it in the forward pass, and
+everything outside the forward pass (`Split`).
+
 `--step` picks how the model runs decode steps (`HFModel.step`: "auto" is CUDA graphs on a GPU,
 eager on the CPU).
 
 Run: `make bench`, or `python benchmarks/smc_vs_generate.py [--reps 3] [--device cpu]
-[--warmup K] [--step auto] [--cold] [--reference] [--smoke]` (`--smoke`: a tiny random Llama in
-place of the embedded model, N = 2, T = 3).
+[--warmup K] [--step auto] [--cold] [--reference] [--profile] [--smoke]` (`--smoke`: a tiny
+random Llama in place of the embedded model, N = 2, T = 3).
 """
 
 from __future__ import annotations
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[30, 60])
     parser.add_argument("--reps", type=int, default=3, help="timed runs of each, interleaved")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, or auto (ppl's pick)")
     parser.add_argument(
         "--warmup",
         type=int,
@@ -133,6 +138,11 @@ def main() -> None:
         "--cold", action="store_true", help="time the first runs of each size (see above)"
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the table, where one run of each spends its time (see Split)",
+    )
+    parser.add_argument(
         "--reference",
         action="store_true",
         help="time a static-cache generate step (default: on a GPU)",
@@ -141,7 +151,7 @@ def main() -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     load = tiny_hf_lm if args.smoke else ppl.models.load
-    lm = load(device=args.device, step=args.step)
+    lm = load(device=args.device, dtype=args.dtype, step=args.step)
     cuda = lm.device.type == "cuda"
     if args.warmup is None:
         args.warmup = 4 if cuda else 1
@@ -213,6 +223,99 @@ def main() -> None:
             )
     if cuda:
         print(f"CUDA graphs captured: {lm.graphs_captured}; shapes met: {lm.step_shapes}")
+    if args.profile:
+        profile(lm, prompt, prompt_ids, args.particles, args.tokens)
+
+
+class Split:
+    """Where a run spends its time, timed by hooks: the model call (its attention layers, its
+    output layer, the rest of it), ppl's code around the model call inside `HFModel._forward`
+    (the KV plan, log-softmax, copying the log-probabilities out), and everything outside the
+    forward pass (the program, drawing, resampling; for `generate`, its sampling loop)."""
+
+    def __init__(self, lm) -> None:
+        self.lm, self.seconds, self.started = lm, {}, {}
+        self.sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+        model = lm.model
+        parts = {
+            "model": [model],
+            "attention": [m for name, m in model.named_modules() if name.endswith("self_attn")],
+            "output layer": [model.get_output_embeddings()],
+        }
+        self.handles = []
+        for part, modules in parts.items():
+            for module in modules:
+                pre = module.register_forward_pre_hook(lambda *_, k=part: self.start(k))
+                post = module.register_forward_hook(lambda *_, k=part: self.stop(k))
+                self.handles += [pre, post]
+
+    def start(self, part: str) -> None:
+        self.sync()
+        self.started[part] = time.perf_counter()
+
+    def stop(self, part: str) -> None:
+        self.sync()
+        elapsed = time.perf_counter() - self.started.pop(part)
+        self.seconds[part] = self.seconds.get(part, 0.0) + elapsed
+
+    def run(self, fn, with_forward: bool) -> dict[str, float]:
+        self.seconds = {}
+        original = self.lm._forward
+        if with_forward:
+
+            def forward(*args):
+                self.start("forward")
+                try:
+                    return original(*args)
+                finally:
+                    self.stop("forward")
+
+            self.lm._forward = forward
+        try:
+            self.start("total")
+            fn()
+            self.stop("total")
+        finally:
+            if with_forward:
+                del self.lm._forward
+        return dict(self.seconds)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def profile(lm, prompt: str, prompt_ids: list[int], particles, tokens) -> None:
+    """One run of SMC and one of `generate` at each size, split by `Split`, in % of the run."""
+    split = Split(lm)
+    cols = ["total s", "model", "attention", "output layer", "rest of model", "ppl forward",
+            "outside"]  # fmt: skip
+    print("\nwhere the time goes (one run each; % of its total):")
+    print(f"{'':>13} " + " ".join(f"{c:>13}" for c in cols))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ppl.InferenceWarning)
+            for n in particles:
+                for t in tokens:
+                    for name, fn, ours in (
+                        ("SMC", lambda n=n, t=t: run_smc(lm, prompt, n, t, seed=0), True),
+                        ("generate", lambda n=n, t=t: run_generate(lm, prompt_ids, n, t, 0), False),
+                    ):
+                        s = split.run(fn, with_forward=ours)
+                        total, model = s["total"], s.get("model", 0.0)
+                        forward = s.get("forward", model)
+                        parts = [
+                            model,
+                            s.get("attention", 0.0),
+                            s.get("output layer", 0.0),
+                            model - s.get("attention", 0.0) - s.get("output layer", 0.0),
+                            forward - model,
+                            total - forward,
+                        ]
+                        row = " ".join(f"{100 * x / total:>12.1f}%" for x in parts)
+                        print(f"{name:>8} {n:>2}x{t:<2} {total:>13.2f} {row}", flush=True)
+    finally:
+        split.close()
 
 
 def static_step_seconds(lm, prompt_ids: list[int], n: int, t: int, reps: int) -> float:

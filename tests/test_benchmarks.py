@@ -42,9 +42,11 @@ class Smoke:
 
 SMOKE = {
     "constraint_speed.py": Smoke(("--smoke",), "of which draws"),
+    "contention.py": Smoke(("--smoke",), "busy/quiet", 20),
     "distortion.py": Smoke(("--smoke", "--plot", "{tmp}/distortion.png"), "KL(Q || P)"),
     "inference_compare.py": Smoke(("--smoke",), "| method"),
     "kv_memory.py": Smoke(("--smoke",), "reserved MB", 20),
+    "llamppl_side_by_side.py": Smoke(("--smoke",), "LLaMPPL s"),
     "many_inputs.py": Smoke(("--smoke",), "items/s"),
     "relaxed_efficiency.py": Smoke(("--smoke",), "runs with a valid text"),
     "scheduler_overhead.py": Smoke(("--smoke",), "microseconds per particle-step"),

@@ -63,8 +63,10 @@ def load(
 ) -> HFModel:
     """The embedded SmolLM2-135M-Instruct as an `HFModel`, loaded once per (device, dtype).
 
-    device: default CUDA when available, else the CPU. dtype: default float32 on the CPU and
-    bfloat16 on CUDA where supported. kv_cache, kv_block, step: the model's KV cache and how
+    device: default CUDA when available, else the CPU. dtype: "auto" (the default) is bfloat16
+    on CUDA where supported, float32 elsewhere (`ppl.models.spec.auto_dtype` says why);
+    `lm.model.dtype` and `repr(lm)` say which.
+    kv_cache, kv_block, step: the model's KV cache and how
     its decode steps run (`HFModel`); models that differ only in these share one copy of the
     weights. Later calls in the process return the same object.
 

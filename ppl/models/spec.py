@@ -212,8 +212,8 @@ class ModelSpec:
     def resolved(self) -> ModelSpec:
         """This spec with the device and dtype that building it here would use filled in.
 
-        The defaults: CUDA when available, else the CPU; bfloat16 on CUDA where supported, else
-        float32. A model records its resolved spec, so a copy of it is the same model.
+        The defaults: CUDA when available, else the CPU; the dtype `auto_dtype` picks there.
+        A model records its resolved spec, so a copy of it is the same model.
         """
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
@@ -314,17 +314,33 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """What `dtype="auto"` (or None) is on `device`: bfloat16 on CUDA where supported, float32
+    elsewhere, the CPU included.
+
+    Not bfloat16 on a CPU, even one that multiplies it natively (where it ran SMC and `generate`
+    1.5x faster): there a row's bfloat16 log-probabilities depend on the other rows of its
+    forward pass (the embedded model's differed by up to 0.6 between a row run alone and in a
+    batch), so the same text would score differently as the particles around it change, and
+    ppl's checks that a text scores the same whichever way it is fed fail. Without the
+    instructions it is also slower (docs/models.md, "Precision"). `dtype="bfloat16"` asks for it.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`dtype` (a torch dtype or its name), or float32 on CPU and bfloat16 on CUDA if supported."""
-    if dtype is None:
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+    """`dtype` (a torch dtype or its name), or `auto_dtype(device)` for None or "auto"."""
+    if dtype is None or dtype == "auto":
+        return auto_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
     resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'bfloat16' or 'float16'")
+        raise ValueError(
+            f"unknown dtype {dtype!r}: use e.g. 'auto', 'float32', 'bfloat16' or 'float16'"
+        )
     return resolved
 
 
@@ -357,8 +373,8 @@ def _sorted_options(
 
 
 def _dtype_name(dtype: str | torch.dtype | None) -> str | None:
-    """The torch name of a dtype ("bfloat16"), checked; None stays None."""
-    if dtype is None:
+    """The torch name of a dtype ("bfloat16"), checked; None and "auto" are None."""
+    if dtype is None or dtype == "auto":
         return None
     name = str(dtype).removeprefix("torch.")
     if not isinstance(getattr(torch, name, None), torch.dtype):

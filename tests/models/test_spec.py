@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib
 import json
 import pickle
 import subprocess
@@ -297,3 +298,16 @@ def test_embedded_model_with_another_kv_cache_shares_the_weights(embedded_lm):
     assert spec("embedded").build() is embedded_lm
     assert ModelSpec.parse("embedded").build() is embedded_lm
     assert embedded_lm.spec.build() is embedded_lm
+
+
+def test_auto_dtype_is_float32_on_the_cpu():
+    spec_module = importlib.import_module("ppl.models.spec")  # `ppl.models.spec` is the function
+    cpu = torch.device("cpu")
+    assert spec_module.resolve_dtype(None, cpu) is torch.float32
+    assert spec_module.resolve_dtype("auto", cpu) is torch.float32
+    assert spec_module.resolve_dtype("bfloat16", cpu) is torch.bfloat16  # one argument away
+    # "auto" is the default spelled out: the same spec, resolved the same way
+    assert spec("embedded", dtype="auto") == spec("embedded")
+    assert spec("embedded", dtype="auto", device="cpu").resolved().dtype == "float32"
+    with pytest.raises(ValueError, match="use e.g. 'auto', 'float32'"):
+        spec_module.resolve_dtype("float33", cpu)

@@ -46,6 +46,7 @@ from ppl.models.hf.compat import (
 from ppl.models.hf.fixed_step import GRAPH_MIN_GROWTH, FixedStep
 from ppl.models.hf.forward import forward_batch, forward_paged
 from ppl.models.hf.gguf import load_gguf_cached
+from ppl.models.hf.threads import before_cpu_pass
 from ppl.models.hf.tokens import token_bytes_of
 from ppl.models.spec import (
     KV_BLOCK,
@@ -180,8 +181,8 @@ class HFModel(LanguageModel):
         Args:
             name_or_path: a Hub model id or a local directory.
             device: "cpu", "cuda", ... (default: CUDA when available, else the CPU).
-            dtype: a torch dtype or its name (default: float32 on the CPU, bfloat16 on CUDA where
-                supported).
+            dtype: a torch dtype or its name, or "auto" (the default): bfloat16 on CUDA where
+                supported, float32 elsewhere (`ppl.models.spec.auto_dtype` says why).
             gguf_file: a GGUF file in `name_or_path` to load model and tokenizer from.
             kv_cache: how keys and values are kept, "paged" or "batch" (see `HFModel`).
             kv_block: token slots per block of the paged cache.
@@ -347,6 +348,8 @@ class HFModel(LanguageModel):
         lowest, highest = min(map(min, new_tokens)), max(map(max, new_tokens))
         if lowest < 0 or highest >= self.vocab_size:
             raise ValueError(f"HFModel._extend: a token id is outside 0..{self.vocab_size - 1}")
+        if self.device.type == "cpu":
+            before_cpu_pass()  # torch's threads: the cores other processes leave free
         if self._pool is None:
             return forward_batch(self, parents, new_tokens, score)
         with self._pool.lock:  # one forward pass at a time writes to the pool
@@ -394,7 +397,10 @@ class HFModel(LanguageModel):
         return str(getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__)
 
     def __repr__(self) -> str:
-        return f"HFModel({self._name()!r}, vocab_size={self.vocab_size}, device={self.device})"
+        return (
+            f"HFModel({self._name()!r}, vocab_size={self.vocab_size}, device={self.device}, "
+            f"dtype={str(self.model.dtype).removeprefix('torch.')})"
+        )
 
     # -- pickling and copying --------------------------------------------------------------------
 
