@@ -37,9 +37,12 @@ from fractions import Fraction
 from json.decoder import scanstring
 from typing import Any
 
-import jsonschema
 import referencing
 import referencing.jsonschema
+
+from ppl.lazy import lazy_import
+
+jsonschema = lazy_import("jsonschema")  # 0.7-1.5 s to import: loaded at first use
 
 __all__ = ["PrefixChecker", "decimal_validator"]
 

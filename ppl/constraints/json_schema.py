@@ -16,14 +16,14 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
-import jsonschema.validators
 import llguidance
-from jsonschema.exceptions import best_match
 
 from ppl.constraints.grammar import EMPTY_SCHEMA, Constraint, ConstraintError, llg_message
 from ppl.constraints.json_prefix import PrefixChecker
 from ppl.constraints.reference import JSONReference
+from ppl.lazy import lazy_import
+
+jsonschema = lazy_import("jsonschema")  # 0.7-1.5 s to import: loaded at first use
 
 
 class JSONSchema(Constraint):
@@ -231,7 +231,7 @@ def _schema_validator(schema: Any) -> Any:
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     # the metaschema's structure only: a `pattern` is read by the mask engine, whose syntax
     # (`\\p{Letter}`, say) Python's `re` may not read
-    error = best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
     if error is not None:
         where = "/" + "/".join(str(p) for p in error.absolute_path)
         raise ConstraintError(

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import best_match
-
 from ppl.constraints.json_prefix import decimal_validator
+from ppl.lazy import lazy_import
+
+jsonschema = lazy_import("jsonschema")  # 0.7-1.5 s to import: loaded at first use
 
 
 class MaskLeakWarning(UserWarning):
@@ -188,7 +188,7 @@ def _decimal(text: str) -> Any:
 
 def json_error(validator: Any, value: Any) -> str | None:
     """The most relevant error of `value` under `validator`, as "at /path: message (keyword)"."""
-    error = best_match(validator.iter_errors(value))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return None
     where = "/" + "/".join(str(p) for p in error.absolute_path)
