@@ -27,3 +27,25 @@ def test_lazy_import_gives_the_module_and_refuses_a_missing_one():
     assert lazy_import("json").dumps([1]) == "[1]"  # already imported: the module itself
     with pytest.raises(ModuleNotFoundError, match="no_such_module_here"):
         lazy_import("no_such_module_here")
+
+
+def test_threads_that_touch_a_deferred_module_at_once_load_it_once(tmp_path, monkeypatch):
+    import threading
+
+    (tmp_path / "slow_to_load.py").write_text(
+        "import time\nLOADS = __import__('builtins').__dict__.setdefault('_ppl_loads', [])\n"
+        "LOADS.append(1)\ntime.sleep(0.2)\nVALUE = 42\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    deferred = lazy_import("slow_to_load")
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(deferred.VALUE)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    import builtins
+
+    assert seen == [42] * 8 and builtins._ppl_loads == [1]
+    del builtins._ppl_loads
+    sys.modules.pop("slow_to_load", None)

@@ -36,8 +36,13 @@ def serve(
 
     import uvicorn
 
+    from ppl.constraints.reference import jsonschema
     from ppl.serve.app import create_app
     from ppl.serve.engine import Engine
+
+    # a server checks JSON against schemas: load the validator now (`ppl.lazy` defers it for
+    # scripts that never use one), not while answering the first request
+    jsonschema.validators  # noqa: B018
 
     engine = Engine(max_running=max_running, max_queue=max_queue, rows=rows, timeout=timeout)
     app = create_app(

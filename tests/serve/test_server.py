@@ -58,7 +58,8 @@ def call(url: str, body: dict | None = None, timeout: float = 60) -> Reply:
         with urllib.request.urlopen(request, timeout=timeout) as r:
             return Reply(r.status, dict(r.headers), r.read())
     except urllib.error.HTTPError as e:
-        return Reply(e.code, dict(e.headers), e.read())
+        with e:  # it holds the response's socket: closed here, not when collected
+            return Reply(e.code, dict(e.headers), e.read())
 
 
 def free_port() -> int:
