@@ -60,6 +60,7 @@ def _load_embedded(model_spec: ModelSpec) -> LanguageModel:
         device=model_spec.device,
         dtype=model_spec.dtype,
         **model_spec.kv.keywords(),
+        **dict(model_spec.options),
     )
 
 

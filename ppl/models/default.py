@@ -7,23 +7,21 @@ never imported: `importlib.util.find_spec` finds the directory without running i
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib.util
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ppl.models.hf.model import HFModel
 from ppl.models.spec import (
+    ENGINES,
     KV_BLOCK,
     KV_CACHES,
     STEPS,
     KVOptions,
     ModelSpec,
+    check_engine,
     register,
     resolve_device,
     resolve_dtype,
@@ -60,6 +58,7 @@ def load(
     kv_block: int = KV_BLOCK,
     step: str = STEPS[0],
     weights_cache: bool = True,
+    engine: str = ENGINES[0],
 ) -> HFModel:
     """The embedded SmolLM2-135M-Instruct as an `HFModel`, loaded once per (device, dtype).
 
@@ -73,66 +72,42 @@ def load(
     The first load on a machine takes some 25 s: the GGUF weights are dequantised, and written
     to the weights cache (`ppl.models.weights_cache`, in `$PPL_CACHE_DIR`, else
     `~/.cache/ppl`), saying so on stderr. Later loads, in any process, read them from there in
-    under a second (after some 3 s importing transformers). `weights_cache=False`, or
-    `PPL_CACHE_DIR=off`, converts every time and writes nothing; the model is the same either
-    way. The model's `spec` is `ModelSpec("embedded", dtype=..., device=...)` with both
-    resolved, and it pickles as that.
+    about a second, without importing transformers: the forward pass is
+    `ppl.models.hf.native.NativeLlama`, which computes what transformers does (engine "auto",
+    the default; `engine="transformers"` loads transformers' own model instead, see
+    `HFModel.from_pretrained`). `weights_cache=False`, or `PPL_CACHE_DIR=off`, converts every
+    time and writes nothing; the model is the same either way. The model's `spec` is
+    `ModelSpec("embedded", dtype=..., device=...)` with both resolved (and the engine, unless
+    "auto"), and it pickles as that.
     """
     kv = KVOptions(kv_cache, kv_block, step)  # checked before the weights are loaded
+    check_engine(engine)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key = (str(device), str(dtype), kv)
+    key = (str(device), str(dtype), engine, kv)
     with _lock:
         lm = _loaded.get(key)
         if lm is None:
             # the weights once per (device, dtype), whatever the cache
-            loaded = next((m for k, m in _loaded.items() if k[:2] == key[:2]), None)
+            loaded = next((m for k, m in _loaded.items() if k[:3] == key[:3]), None)
             if loaded is not None:
                 lm = HFModel(loaded.model, loaded.tokenizer, **kv.keywords())
             else:
                 path = gguf_path()
-                with _quiet_progress_bars():
-                    lm = HFModel.from_pretrained(
-                        str(path.parent),
-                        gguf_file=path.name,
-                        device=device,
-                        dtype=dtype,
-                        weights_cache=weights_cache,
-                        **kv.keywords(),
-                    )
+                lm = HFModel.from_pretrained(
+                    str(path.parent),
+                    gguf_file=path.name,
+                    device=device,
+                    dtype=dtype,
+                    weights_cache=weights_cache,
+                    engine=engine,
+                    **kv.keywords(),
+                )
             # "embedded" rather than the "hf" spec of this machine's path to the wheel's file
-            model_spec = ModelSpec("embedded", dtype=dtype, device=device, **kv.keywords())
+            options = {} if engine == ENGINES[0] else {"engine": engine}
+            model_spec = ModelSpec(
+                "embedded", dtype=dtype, device=device, options=options, **kv.keywords()
+            )
             register(lm, model_spec)
             _loaded[key] = lm
     return lm
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    """Hide transformers' loading progress bars when stderr is not a terminal (logs, CI).
-
-    transformers' own bars follow its global switch, which is restored afterwards. The GGUF
-    reader calls tqdm directly, so its module's `tqdm` is swapped for a disabled one meanwhile.
-    """
-    isatty = getattr(sys.stderr, "isatty", None)
-    if isatty is not None and isatty():
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    try:
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:  # pragma: no cover - layout of other transformers releases
-        gguf_utils = None
-    original_tqdm = getattr(gguf_utils, "tqdm", None)
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    if original_tqdm is not None:
-        gguf_utils.tqdm = functools.partial(original_tqdm, disable=True)
-    try:
-        yield
-    finally:
-        if original_tqdm is not None:
-            gguf_utils.tqdm = original_tqdm
-        if bars_were_on:
-            hf_logging.enable_progress_bar()

@@ -46,6 +46,8 @@ KV_CACHES = ("paged", "batch")
 KV_BLOCK = 16
 #: how an `HFModel` runs its decode steps (`HFModel(..., step=...)`); the first is the default
 STEPS = ("auto", "eager", "buckets", "graphs")
+#: what computes a HuggingFace model's forward pass (`HFModel.from_pretrained`'s `engine`)
+ENGINES = ("auto", "native", "transformers")
 FORMS = '"embedded" or "hf:NAME_OR_PATH" (a HuggingFace model id or a local directory)'
 _SECRET_OPTIONS = frozenset({"token", "use_auth_token"})
 
@@ -156,11 +158,14 @@ class ModelSpec:
             )
         KVOptions(self.kv_cache, self.kv_block, self.step)  # raises for a bad setting
         options = _sorted_options(self.options)
-        if self.kind == "embedded" and options:
+        if self.kind == "embedded" and any(k != "engine" for k, _ in options):
             raise ValueError(
-                'the "embedded" model takes only dtype and device, not '
-                f"{', '.join(k for k, _ in options)}"
+                'the "embedded" model takes only dtype, device and engine, not '
+                f"{', '.join(k for k, _ in options if k != 'engine')}"
             )
+        for key, value in options:
+            if key == "engine":
+                check_engine(value)
         # frozen: normalised values are stored the way dataclasses' own __init__ stores them
         object.__setattr__(self, "name_or_path", name)
         object.__setattr__(self, "dtype", _dtype_name(self.dtype))
@@ -328,6 +333,12 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def check_engine(engine: Any) -> None:
+    """Raise a ValueError unless `engine` is one of `ENGINES`."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(map(repr, ENGINES))}")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

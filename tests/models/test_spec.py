@@ -69,7 +69,7 @@ def test_errors_say_what_is_accepted():
         spec("hf")
     with pytest.raises(ValueError, match='takes no name.*spec\\("hf", "gpt2"\\)'):
         spec("embedded", "gpt2")
-    with pytest.raises(ValueError, match="takes only dtype and device, not revision"):
+    with pytest.raises(ValueError, match="takes only dtype, device and engine, not revision"):
         spec("embedded", revision="main")
     with pytest.raises(ValueError, match="unknown dtype 'float33'"):
         spec("hf", "gpt2", dtype="float33")

@@ -57,13 +57,13 @@ def dtype_keyword() -> str:
 def cache_from_tensors(
     cache_cls: type, keys: list[torch.Tensor], values: list[torch.Tensor]
 ) -> Any:
-    """A `DynamicCache` holding `keys`/`values` as they are (no copy)."""
+    """A cache of `cache_cls` (a `DynamicCache`, or the native model's) holding `keys`/`values`
+    as they are (no copy)."""
     cache = cache_cls()
     if hasattr(cache, "layers"):  # transformers >= 4.56: one cache layer object per layer
-        from transformers.cache_utils import DynamicLayer
-
+        layer_cls = cache_layer_class(cache_cls)
         for k, v in zip(keys, values, strict=True):
-            layer = DynamicLayer()
+            layer = layer_cls()
             # what `lazy_initialization` would set (its signature changed across releases)
             layer.dtype, layer.device = k.dtype, k.device
             layer.keys, layer.values = k, v
@@ -73,6 +73,17 @@ def cache_from_tensors(
         for i, (k, v) in enumerate(zip(keys, values, strict=True)):
             cache.update(k, v, i)
     return cache
+
+
+def cache_layer_class(cache_cls: type) -> type:
+    """The layer class of a cache with layers: its own `layer_class` (the native model's
+    cache, `ppl.models.hf.native.Cache`), else transformers' `DynamicLayer`."""
+    own = getattr(cache_cls, "layer_class", None)
+    if isinstance(own, type):
+        return own
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
 
 
 def tensors_from_cache(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -27,6 +27,7 @@ is read through the weights cache.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,16 +46,20 @@ from ppl.models.hf.compat import (
 )
 from ppl.models.hf.fixed_step import GRAPH_MIN_GROWTH, FixedStep
 from ppl.models.hf.forward import forward_batch, forward_paged
-from ppl.models.hf.gguf import load_gguf_cached
+from ppl.models.hf.gguf import load_gguf_cached, quiet_progress_bars
+from ppl.models.hf.native import NativeLlama
+from ppl.models.hf.native import supported as native_unsupported
 from ppl.models.hf.threads import before_cpu_pass
 from ppl.models.hf.tokens import token_bytes_of
 from ppl.models.spec import (
+    ENGINES,
     KV_BLOCK,
     KV_CACHES,
     STEPS,
     KVOptions,
     ModelSpec,
     _build_spec,
+    check_engine,
     is_plain,
     register,
     resolve_device,
@@ -105,10 +110,13 @@ class HFModel(LanguageModel):
         super().__init__()
         KVOptions(kv_cache, kv_block, step)  # raises for a bad setting
         self._groups: weakref.WeakSet[KVGroup] = weakref.WeakSet()  # batches still in use
-        from transformers import DynamicCache
+        # the cache of the model's forward passes: the native model's own, else transformers'
+        cache_cls = getattr(model, "cache_class", None)
+        if cache_cls is None:
+            from transformers import DynamicCache as cache_cls
 
         # the paged cache needs transformers' cache layers (4.56 and later)
-        if kv_cache == "paged" and not has_cache_layers(DynamicCache):
+        if kv_cache == "paged" and not has_cache_layers(cache_cls):
             kv_cache = "batch"
         #: "paged" or "batch": how this model keeps keys and values
         self.kv_cache = kv_cache
@@ -117,7 +125,7 @@ class HFModel(LanguageModel):
         self._pool = BlockPool(kv_block) if kv_cache == "paged" else None
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self._cache_cls = DynamicCache
+        self._cache_cls = cache_cls
         config = model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         layer_types = getattr(text_config, "layer_types", None) or []
@@ -174,6 +182,7 @@ class HFModel(LanguageModel):
         kv_block: int = KV_BLOCK,
         step: str = STEPS[0],
         weights_cache: bool = True,
+        engine: str = ENGINES[0],
         **kwargs: Any,
     ) -> HFModel:
         """Load a causal LM and its tokenizer with transformers.
@@ -191,20 +200,33 @@ class HFModel(LanguageModel):
                 cache (`ppl.models.weights_cache`) and read them from there on later loads;
                 False, or the environment variable `PPL_CACHE_DIR=off`, converts every time and
                 writes nothing. Either way the model is the same, so the spec does not record it.
+            engine: what computes the forward pass. "transformers": the model transformers
+                loads. "native": `ppl.models.hf.native.NativeLlama` over the same weights (a
+                Llama model only; others raise ValueError): a weights-cache entry is then read
+                without importing transformers, in about a second. "auto" (the default):
+                "native" for a Llama model read from a GGUF file with no `kwargs` for the
+                model, else "transformers". Both compute the same logits (`NativeLlama` is
+                tested against transformers); a native model's `generate` is transformers'.
             kwargs: passed to `AutoModelForCausalLM.from_pretrained`; the Hub options among them
                 (revision, token, cache_dir, ...) to the tokenizer too.
 
         When every keyword value is plain (str, number, None, tuple), the model records its
         `spec` with the resolved device and dtype, and pickles as that spec.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         kv = KVOptions(kv_cache, kv_block, step)  # checked before the weights are loaded
+        check_engine(engine)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         options = dict(kwargs)  # before the dtype and gguf_file keys below are added
         if gguf_file is not None:
             options["gguf_file"] = gguf_file
+        if engine != ENGINES[0]:
+            options["engine"] = engine
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in _HUB_OPTIONS}
+        # "auto": the native forward pass for a GGUF file loaded with no options for the model
+        native = engine == "native" or (
+            engine == "auto" and gguf_file is not None and not model_kwargs
+        )
         shared = {k: kwargs[k] for k in (*_HUB_OPTIONS, "trust_remote_code") if k in kwargs}
         cache_root = weights_cache_dir() if weights_cache else None
         local_gguf = Path(name_or_path, kwargs.get("subfolder", ""), gguf_file or "")
@@ -215,15 +237,30 @@ class HFModel(LanguageModel):
                 dtype,
                 cache_root,
                 trust_remote_code=shared.get("trust_remote_code"),
+                engine="native" if native else "transformers",
                 **rest,
             )
             model.config._name_or_path = name_or_path  # as transformers sets it from the file
         else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
             if gguf_file is not None:
                 kwargs["gguf_file"] = shared["gguf_file"] = gguf_file
             kwargs[dtype_keyword()] = dtype
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **shared)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            with quiet_progress_bars() if gguf_file is not None else contextlib.nullcontext():
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path, **shared)
+                model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if native and not isinstance(model, NativeLlama):
+            converted = NativeLlama.from_transformers(model)
+            if converted is None:
+                if engine == "native":
+                    raise ValueError(
+                        f"engine='native' computes Llama models only; {name_or_path} is not "
+                        f"one ({native_unsupported(model.config.to_dict())}): use "
+                        "engine='transformers'"
+                    )
+            else:
+                model = converted
         if "device_map" not in kwargs:
             model = model.to(device)
         lm = cls(model, tokenizer, **kv.keywords())

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ppl.models.hf.block_pool import BlockPool, PagedState
+from ppl.models.hf.compat import cache_layer_class
 
 
 class PagedPlan:
@@ -140,18 +141,18 @@ class PagedPlan:
 def paged_cache(cache_cls: type, plan: PagedPlan, num_layers: int) -> Any:
     """A `DynamicCache` (of `cache_cls`) whose layers read and write the pool through `plan`."""
     cache = cache_cls()
-    layer_cls = _paged_layer_class()
+    layer_cls = _paged_layer_class(cache_layer_class(cache_cls))
     cache.layers.extend(layer_cls(plan, i) for i in range(num_layers))
     return cache
 
 
 @functools.cache
-def _paged_layer_class() -> type:
-    """`DynamicLayer` for a forward pass over the pool (built on first use: transformers is
-    imported lazily, and only releases with cache layers, >= 4.56, have the class)."""
-    from transformers.cache_utils import DynamicLayer
+def _paged_layer_class(base: type) -> type:
+    """A cache layer (subclassing `base`: transformers' `DynamicLayer`, or the native model's
+    `Layer`) for a forward pass over the pool. Built on first use: transformers is imported
+    lazily, and only its releases with cache layers, >= 4.56, have the class."""
 
-    class _PagedLayer(DynamicLayer):
+    class _PagedLayer(base):  # type: ignore[misc, valid-type]
         """A cache layer that reads and writes one layer of a `BlockPool` through a plan.
 
         It reports `past` cached positions (the rows' common, left-padded past), so the model
