@@ -7,6 +7,12 @@ For each number of particles N and number of tokens T, this times
 * transformers' `generate` sampling N sequences of exactly T new tokens from the same prompt
   (ancestral sampling from the full distribution: no top-k, no top-p, temperature 1).
 
+SMC runs on the model `ppl.models.load()` gives: for the embedded model ppl's own Llama forward
+pass (`--engine auto`), whose CPU products of a few rows are faster than transformers' (see
+`ppl.models.hf.native.Linear`); `generate` always runs transformers' `LlamaForCausalLM` over the
+same weight tensors. `--engine transformers` runs SMC on that same model too, to separate what
+SMC saves from what the forward pass saves.
+
 and prints the ratio of their median times. Both make T forward passes over N rows; SMC adds
 the program, the constraint, resampling and KV-cache forking. It also checks that SMC never
 re-encodes: the tokens it feeds the model must equal the prompt (once, shared by all particles)
@@ -135,6 +141,12 @@ def main() -> None:
     )
     parser.add_argument("--step", default="auto", help="HFModel.step: auto, eager, buckets, graphs")
     parser.add_argument(
+        "--engine",
+        default="auto",
+        help="what runs SMC's forward pass: auto (ppl's native Llama pass for the embedded "
+        "model), native or transformers; generate always runs transformers' model",
+    )
+    parser.add_argument(
         "--cold", action="store_true", help="time the first runs of each size (see above)"
     )
     parser.add_argument(
@@ -151,7 +163,8 @@ def main() -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     load = tiny_hf_lm if args.smoke else ppl.models.load
-    lm = load(device=args.device, dtype=args.dtype, step=args.step)
+    options = {} if args.smoke else {"engine": args.engine}
+    lm = load(device=args.device, dtype=args.dtype, step=args.step, **options)
     cuda = lm.device.type == "cuda"
     if args.warmup is None:
         args.warmup = 4 if cuda else 1
@@ -160,7 +173,8 @@ def main() -> None:
     prompt_ids = lm.encode(prompt)
     print(
         f"{'tiny' if args.smoke else 'embedded'} model on {lm.device} ({lm.model.dtype}), "
-        f"step {lm.step!r}, prompt {len(prompt_ids)} tokens, {torch.get_num_threads()} threads"
+        f"step {lm.step!r}, prompt {len(prompt_ids)} tokens, {torch.get_num_threads()} threads, "
+        f"SMC on {type(lm.model).__name__}"
     )
     with torch.inference_mode():  # CUDA and the model's first kernels, before any timing
         lm.model(input_ids=torch.tensor([prompt_ids[:1]], device=lm.device))
@@ -236,12 +250,14 @@ class Split:
     def __init__(self, lm) -> None:
         self.lm, self.seconds, self.started = lm, {}, {}
         self.sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-        model = lm.model
-        parts = {
-            "model": [model],
-            "attention": [m for name, m in model.named_modules() if name.endswith("self_attn")],
-            "output layer": [model.get_output_embeddings()],
-        }
+        # ppl's native engine runs `generate` on transformers' model over the same weights
+        twin = getattr(lm.model, "to_transformers", None)
+        models = [lm.model] + ([twin()] if twin is not None else [])
+        parts: dict[str, list] = {"model": [], "attention": [], "output layer": []}
+        for model in models:
+            parts["model"].append(model)
+            parts["attention"] += [m for n, m in model.named_modules() if n.endswith("self_attn")]
+            parts["output layer"].append(model.get_output_embeddings())
         self.handles = []
         for part, modules in parts.items():
             for module in modules:
