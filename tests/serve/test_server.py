@@ -277,11 +277,19 @@ def test_programs_are_listed_and_run(server):
 def test_a_full_queue_is_a_429_with_retry_after():
     s = Server("--max-running", "1", "--max-queue", "0", "--delay", "0.05")
     try:
-        ask = {"model": "toy", "messages": HI, "max_tokens": 30}
+        ask = {"model": "toy", "messages": HI, "max_tokens": 60}  # 3 s of 0.05 s steps
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(lambda _: call(f"{s.url}/v1/chat/completions", ask), range(4)))
-        codes = sorted(r.status_code for r in replies)
-        assert codes[0] == 200 and 429 in codes, codes
+            first = pool.submit(call, f"{s.url}/v1/chat/completions", ask)
+            # the others are sent once the first runs (not at once: on a busy machine the first
+            # could finish before the others arrive)
+            deadline = time.monotonic() + 30
+            while call(f"{s.url}/health").json()["running"] < 1:
+                assert time.monotonic() < deadline and not first.done(), "the first never ran"
+                time.sleep(0.02)
+            others = list(pool.map(lambda _: call(f"{s.url}/v1/chat/completions", ask), range(3)))
+            replies = [first.result(), *others]
+        codes = [r.status_code for r in replies]
+        assert codes == [200, 429, 429, 429], codes
         busy = next(r for r in replies if r.status_code == 429)
         assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "busy"
     finally:
